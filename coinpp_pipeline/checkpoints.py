@@ -1,0 +1,101 @@
+"""Model files: one safetensors file whose header metadata carries the JSON description.
+
+No pickle and no ``torch.load``: tensors are parsed by safetensors, the description by
+``json``. A model is identified by the sha256 of the file's bytes. Files are read and
+written at any fsspec URL (local path, ``memory://``, ``s3://`` ...).
+
+Metadata keys: ``format = "coinpp-model"``, ``format_version = "1"``, ``coinpp`` = JSON
+with the model config, normalisation, quantizer bits and training report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from typing import Any
+
+import fsspec
+import numpy as np
+import safetensors.torch
+import torch
+
+from .errors import ModelFileError
+
+FORMAT = "coinpp-model"
+MODEL_FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 16 << 20
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def serialize(tensors: dict[str, torch.Tensor | np.ndarray], description: dict[str, Any]) -> bytes:
+    """Tensors + JSON description -> safetensors bytes (deterministic for equal inputs)."""
+    ts = {
+        k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
+        .detach()
+        .cpu()
+        .contiguous()
+        for k, v in sorted(tensors.items())
+    }
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(MODEL_FORMAT_VERSION),
+        "coinpp": json.dumps(description, sort_keys=True, separators=(",", ":")),
+    }
+    return safetensors.torch.save(ts, metadata=metadata)
+
+
+def deserialize(
+    data: bytes, expected_sha256: str | None = None, where: str = "<bytes>"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Verify and parse model bytes. Raises :class:`ModelFileError` with ``where`` named."""
+    if expected_sha256 is not None:
+        got = sha256_hex(data)
+        if got != expected_sha256.lower():
+            raise ModelFileError(
+                f"model file {where} has sha256 {got}, expected {expected_sha256}: "
+                "it is a different or damaged model"
+            )
+    if len(data) < 8:
+        raise ModelFileError(f"model file {where} is truncated ({len(data)} bytes)")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(MAX_HEADER_BYTES, len(data) - 8):
+        raise ModelFileError(f"model file {where} is not a safetensors file (header size {n})")
+    try:
+        header = json.loads(data[8 : 8 + n])
+        meta = header.get("__metadata__") or {}
+    except (ValueError, AttributeError) as exc:
+        raise ModelFileError(f"model file {where} has an unreadable header: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise ModelFileError(f"{where} is not a coinpp model file (format={meta.get('format')!r})")
+    if meta.get("format_version") != str(MODEL_FORMAT_VERSION):
+        raise ModelFileError(
+            f"model file {where} has format version {meta.get('format_version')!r}; "
+            f"this build reads version {MODEL_FORMAT_VERSION}"
+        )
+    try:
+        description = json.loads(meta["coinpp"])
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:
+        raise ModelFileError(f"model file {where} is damaged: {exc}") from exc
+    return tensors, description
+
+
+def read_bytes(url: str, **storage_options: Any) -> bytes:
+    with fsspec.open(url, "rb", **storage_options) as f:
+        return f.read()
+
+
+def write_bytes(url: str, data: bytes, **storage_options: Any) -> None:
+    """Write atomically where the filesystem allows (temporary name, then move)."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{sha256_hex(data)[:12]}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)

@@ -1,0 +1,312 @@
+"""The public model object: network + normalisation + quantizer + entropy model, with
+``encode(array) -> bytes`` and ``decode(bytes) -> array``."""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import constriction
+import numpy as np
+import torch
+
+from . import bitstream, checkpoints
+from .config import ModelConfig
+from .coordinates import PatchLayout, patch_coordinates, patchify, split_items, split_shape, unpatchify
+from .entropy import EntropyModel
+from .errors import BitstreamError, ModelMismatchError, NotFittedError
+from .metalearning import fit_latents, pick_device
+from .network import ModulatedSiren
+from .quantization import Quantizer
+
+#: Activations budget per forward batch (floats); patches are batched up to this size.
+ENCODE_BUDGET = 1 << 22
+DECODE_BUDGET = 1 << 24
+#: Largest residual symbol magnitude of the error-bounded mode.
+MAX_RESIDUAL_SYMBOL = 1 << 24
+#: Share of the error bound kept back for floating-point differences between the encoder's
+#: and a decoder's forward pass (threads, batch sizes, CPU vs GPU).
+BOUND_MARGIN = 1.0 / 16.0
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype.kind not in "fiu" or dtype.itemsize > 8:
+        raise TypeError(
+            f"coinpp encodes float and integer arrays only; got dtype {dtype} "
+            "(complex, bool, string and object arrays are not supported)"
+        )
+
+
+class Model:
+    """A meta-learned COIN++ model. Create with :func:`coinpp_pipeline.meta_train` or
+    :meth:`Model.load`; identified by the sha256 of its saved bytes (:attr:`sha256`)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        network: ModulatedSiren,
+        mean: np.ndarray,
+        std: np.ndarray,
+        quantizer: Quantizer | None,
+        entropy: EntropyModel | None,
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.network = network.eval()
+        self.mean = np.asarray(mean, np.float32).reshape(config.channels)
+        self.std = np.asarray(std, np.float32).reshape(config.channels)
+        self.quantizer = quantizer
+        self.entropy = entropy
+        self.report = report or {}
+        self.device = torch.device("cpu")
+        self._bytes: bytes | None = None
+
+    # ---------------------------------------------------------------- identity and files
+    def to_bytes(self) -> bytes:
+        """The model file's bytes (safetensors + JSON metadata); cached."""
+        if self._bytes is None:
+            if self.quantizer is None or self.entropy is None:
+                raise NotFittedError("model has no quantizer/entropy model yet")
+            tensors: dict[str, Any] = {
+                f"network.{k}": v for k, v in self.network.state_dict().items()
+            }
+            tensors |= {
+                "norm.mean": self.mean,
+                "norm.std": self.std,
+                "quantizer.lo": self.quantizer.lo,
+                "quantizer.hi": self.quantizer.hi,
+                "entropy.counts": self.entropy.counts.astype(np.int64),
+            }
+            desc = {"config": self.config.to_dict(), "bits": self.quantizer.bits, "report": self.report}
+            self._bytes = checkpoints.serialize(tensors, desc)
+        return self._bytes
+
+    @property
+    def sha256(self) -> str:
+        return checkpoints.sha256_hex(self.to_bytes())
+
+    @property
+    def model_id(self) -> bytes:
+        return bytes.fromhex(self.sha256)[: bitstream.MODEL_ID_BYTES]
+
+    @classmethod
+    def from_bytes(cls, data: bytes, sha256: str | None = None, where: str = "<bytes>") -> Model:
+        tensors, desc = checkpoints.deserialize(data, sha256, where)
+        config = ModelConfig.from_dict(desc["config"])
+        net = ModulatedSiren(config)
+        state = {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
+        net.load_state_dict(state)
+        quant = Quantizer(tensors["quantizer.lo"].numpy(), tensors["quantizer.hi"].numpy(), int(desc["bits"]))
+        ent = EntropyModel(tensors["entropy.counts"].numpy())
+        model = cls(config, net, tensors["norm.mean"].numpy(), tensors["norm.std"].numpy(), quant, ent, desc.get("report"))
+        model._bytes = bytes(data)
+        return model
+
+    def save(self, url: str, **storage_options: Any) -> str:
+        """Write the model file to any fsspec URL; return its sha256 (the model's identity)."""
+        checkpoints.write_bytes(url, self.to_bytes(), **storage_options)
+        return self.sha256
+
+    @classmethod
+    def load(cls, url: str, sha256: str | None = None, **storage_options: Any) -> Model:
+        """Read a model file from any fsspec URL, verifying ``sha256`` when given."""
+        return cls.from_bytes(checkpoints.read_bytes(url, **storage_options), sha256, where=url)
+
+    def to(self, device: str | torch.device | None) -> Model:
+        self.device = pick_device(str(device) if device is not None else None)
+        self.network.to(self.device)
+        return self
+
+    # ---------------------------------------------------------------- latents
+    def _inputs(self, layout: PatchLayout) -> torch.Tensor:
+        return torch.from_numpy(patch_coordinates(layout, self.config)).to(self.device)
+
+    def _batch_size(self, layout: PatchLayout, budget: int) -> int:
+        return max(1, budget // (layout.points_per_patch * self.config.width))
+
+    def fit_latents(self, items: np.ndarray, steps: int | None = None) -> tuple[np.ndarray, PatchLayout]:
+        """Encode ``items (B, *S, C)`` to unquantized latents ``(B*P, L)`` (inner loop)."""
+        layout = PatchLayout.for_shape(items.shape[1:-1], self.config)
+        normed = (items.astype(np.float32) - self.mean) / self.std
+        values, mask = patchify(normed, layout)
+        coords = self._inputs(layout)
+        steps = self.config.inner_steps if steps is None else int(steps)
+        latents = np.zeros((values.shape[0], self.config.latent_dim), np.float32)
+        active = np.nonzero(mask.any(axis=1))[0]
+        bs = self._batch_size(layout, ENCODE_BUDGET)
+        for start in range(0, len(active), bs):
+            idx = active[start : start + bs]
+            c = coords[torch.from_numpy(idx % layout.n_patches)]
+            v = torch.from_numpy(values[idx]).to(self.device)
+            m = torch.from_numpy(mask[idx]).to(self.device)
+            with torch.enable_grad():
+                z = fit_latents(self.network, c, v, m, steps, mode="encode")
+            latents[idx] = z.cpu().numpy()
+        return latents, layout
+
+    def synthesize(self, latents: np.ndarray, layout: PatchLayout) -> np.ndarray:
+        """Latents ``(B*P, L)`` -> values ``(B, *S, C)`` in original units (float64)."""
+        coords = self._inputs(layout)
+        out = np.empty((latents.shape[0], layout.points_per_patch, self.config.channels), np.float32)
+        bs = self._batch_size(layout, DECODE_BUDGET)
+        with torch.inference_mode():
+            for start in range(0, latents.shape[0], bs):
+                sl = slice(start, start + bs)
+                idx = torch.arange(start, min(start + bs, latents.shape[0])) % layout.n_patches
+                z = torch.from_numpy(latents[sl]).to(self.device)
+                out[sl] = self.network(coords[idx], z).float().cpu().numpy()
+        return unpatchify(out, layout).astype(np.float64) * self.std + self.mean
+
+    # ---------------------------------------------------------------- chunks
+    def encode(self, array: np.ndarray, *, steps: int | None = None, max_abs_error: float | None = None) -> bytes:
+        """Compress ``array (*items, *spatial[, C])`` to self-describing chunk bytes.
+
+        NaN marks missing points (restored exactly as NaN); infinities are rejected.
+        ``steps`` overrides the number of inner steps; ``max_abs_error`` adds a residual
+        layer so that every decoded value is within that bound of the input.
+        """
+        if self.quantizer is None or self.entropy is None:
+            raise NotFittedError("model has no quantizer/entropy model: meta-train or load one")
+        a = np.ascontiguousarray(array)
+        _check_dtype(a.dtype)
+        if a.dtype.kind == "f" and np.isinf(a).any():
+            raise ValueError("array holds infinite values, which coinpp cannot encode; mask them as NaN")
+        if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error > 0):
+            raise ValueError(f"max_abs_error must be a positive finite number, got {max_abs_error}")
+        items, _ = split_items(a, self.config)
+        layout = PatchLayout.for_shape(items.shape[1:-1], self.config)
+        x = items.astype(np.float64)
+        valid = np.isfinite(x).all(axis=-1)
+        sections: dict[str, bytes] = {}
+        if not valid.all():
+            sections["M"] = bitstream.pack_mask(~valid)
+        vals = x[valid]
+        if vals.size == 0 or vals.min() == vals.max():
+            sections["K"] = struct.pack("<d", float(vals[0]) if vals.size else 0.0)
+        else:
+            latents, _ = self.fit_latents(items, steps)
+            symbols = self.quantizer.quantize(latents)
+            sections["L"] = self.entropy.compress(symbols)
+            if max_abs_error is not None:
+                pred = self.synthesize(self.quantizer.dequantize(symbols), layout)
+                sections["R"] = _encode_residual(x, pred, valid, max_abs_error, a.dtype)
+        chunk = bitstream.Chunk(a.dtype, a.shape, layout.patch, self.model_id, sections)
+        return bitstream.pack(chunk)
+
+    def decode(self, data: bytes | bytearray | memoryview) -> np.ndarray:
+        """Chunk bytes -> the array (same shape and dtype as encoded)."""
+        if self.quantizer is None or self.entropy is None:
+            raise NotFittedError("model has no quantizer/entropy model: meta-train or load one")
+        chunk = bitstream.unpack(data)
+        if chunk.model_id != self.model_id:
+            raise ModelMismatchError(
+                f"chunk was written by model {chunk.model_id.hex()}…, not by this model "
+                f"{self.sha256[:16]}…"
+            )
+        try:
+            item_shape, spatial = split_shape(chunk.shape, self.config)
+            layout = PatchLayout.for_shape(spatial, self.config)
+        except ValueError as exc:
+            raise BitstreamError(f"chunk shape {chunk.shape} does not fit this model: {exc}") from exc
+        if layout.patch != chunk.patch:
+            raise BitstreamError(f"chunk patch layout {chunk.patch} differs from the model's {layout.patch}")
+        b = math.prod(item_shape)
+        full = (b, *layout.shape, self.config.channels)
+        invalid = None
+        if "M" in chunk.sections:
+            invalid = bitstream.unpack_mask(chunk.sections["M"], full[:-1])
+        if "K" in chunk.sections:
+            if len(chunk.sections["K"]) != 8:
+                raise BitstreamError("constant section must hold 8 bytes")
+            out = np.full(full, struct.unpack("<d", chunk.sections["K"])[0], np.float64)
+        elif "L" in chunk.sections:
+            symbols = self.entropy.decompress(chunk.sections["L"], b * layout.n_patches)
+            out = self.synthesize(self.quantizer.dequantize(symbols), layout)
+            if "R" in chunk.sections:
+                out = out + _decode_residual(chunk.sections["R"], full)
+        else:
+            raise BitstreamError("chunk has neither latents nor a constant section")
+        dtype = chunk.dtype
+        if invalid is not None:
+            if dtype.kind != "f":
+                raise BitstreamError("integer chunk cannot carry a mask of missing values")
+            out[invalid] = np.nan
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            out = np.clip(np.rint(out), info.min, info.max)
+        return out.astype(dtype).reshape(chunk.shape)
+
+
+def fit_coding(model: Model, train_items: np.ndarray) -> None:
+    """Fit the quantizer and entropy model on the latents of the training items (in place)."""
+    latents, layout = model.fit_latents(train_items)
+    normed_valid = np.isfinite(train_items).all(axis=-1)
+    _, mask = patchify(np.where(normed_valid[..., None], 0.0, np.nan), layout)
+    used = latents[mask.any(axis=1)]
+    model.quantizer = Quantizer.fit(used, model.config.bits, model.config.quant_clip_std)
+    symbols = model.quantizer.quantize(used)
+    model.entropy = EntropyModel.fit(symbols, model.quantizer.levels)
+    model._bytes = None
+
+
+# -------------------------------------------------------------------- residual layer
+def _encode_residual(
+    x: np.ndarray, pred: np.ndarray, valid: np.ndarray, bound: float, dtype: np.dtype
+) -> bytes:
+    """Quantize ``x - pred`` with bin width ``2·(bound - margin)``; entropy-code with a
+    quantized Laplace model. Layout: varint R, float64 bin, float32 scale, u32 words."""
+    margin = max(bound * BOUND_MARGIN, 4 * np.finfo(np.float32).eps * float(np.abs(x[np.isfinite(x)]).max(initial=0.0)))
+    if dtype.kind in "iu":
+        bound = max(bound, 0.0)
+        if bound < 0.5:
+            margin = 0.0  # integer outputs are rounded: bins of width 1 are exact
+            half = 0.5 - 1e-6
+        else:
+            half = math.floor(bound) + 0.5 - 1e-6
+        half = min(half, bound + 0.5 - 1e-6)
+    else:
+        half = bound - margin
+    if half <= 0:
+        raise ValueError(
+            f"max_abs_error {bound:g} is below the float32 precision of these values; "
+            "store this array losslessly instead"
+        )
+    width = 2.0 * half
+    r = np.where(valid[..., None], x - pred, 0.0)
+    q = np.rint(r / width).astype(np.int64)
+    rmax = int(np.abs(q).max(initial=0))
+    if rmax > MAX_RESIDUAL_SYMBOL:
+        raise ValueError(
+            f"max_abs_error {bound:g} is too small for this data (residual needs {rmax} levels); "
+            "raise the bound or store this array losslessly"
+        )
+    scale = float(max(np.abs(q).mean(), 0.05))
+    head = bitstream._varint(rmax) + struct.pack("<df", width, scale)
+    if rmax == 0:
+        return head
+    enc = constriction.stream.queue.RangeEncoder()
+    family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
+    enc.encode(q.reshape(-1).astype(np.int32), family, np.zeros(q.size), np.full(q.size, np.float32(scale), np.float64))
+    return head + enc.get_compressed().astype("<u4").tobytes()
+
+
+def _decode_residual(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    r = bitstream._Reader(payload)
+    rmax = r.varint("residual range", MAX_RESIDUAL_SYMBOL)
+    width, scale = struct.unpack("<df", r.take(12, "residual parameters"))
+    if not (math.isfinite(width) and width > 0 and math.isfinite(scale) and scale > 0):
+        raise BitstreamError("residual section has invalid parameters")
+    n = math.prod(shape)
+    if rmax == 0:
+        return np.zeros(shape)
+    rest = payload[r.pos :]
+    if len(rest) % 4:
+        raise BitstreamError("residual payload length is not a multiple of 4 bytes")
+    try:
+        dec = constriction.stream.queue.RangeDecoder(np.frombuffer(rest, "<u4").astype(np.uint32))
+        family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
+        q = dec.decode(family, np.zeros(n), np.full(n, np.float32(scale), np.float64))
+    except Exception as exc:
+        raise BitstreamError(f"residual payload cannot be decoded: {exc}") from exc
+    return (np.asarray(q, np.float64) * width).reshape(shape)
