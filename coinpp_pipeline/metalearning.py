@@ -235,5 +235,5 @@ def meta_train(
         "train_config": {k: v for k, v in train.__dict__.items() if k != "extra"},
     }
     model = Model(config, net.cpu(), mean, std, quantizer=None, entropy=None, report=report)
-    fit_coding(model, train_items)
+    fit_coding(model, train_items if config.channels > 1 else train_items[..., 0])
     return model

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from typing import Any
@@ -238,16 +239,30 @@ class Model:
         return out.astype(dtype).reshape(chunk.shape)
 
 
-def fit_coding(model: Model, train_items: np.ndarray) -> None:
-    """Fit the quantizer and entropy model on the latents of the training items (in place)."""
-    latents, layout = model.fit_latents(train_items)
-    normed_valid = np.isfinite(train_items).all(axis=-1)
-    _, mask = patchify(np.where(normed_valid[..., None], 0.0, np.nan), layout)
+def fit_coding(model: Model, train_data: np.ndarray) -> None:
+    """Fit the quantizer and entropy model on the latents of the training data (in place).
+
+    ``train_data``: ``(*items, *S[, C])`` as for :meth:`Model.encode`.
+    """
+    items, _ = split_items(np.asarray(train_data), model.config)
+    latents, layout = model.fit_latents(items)
+    valid = np.isfinite(items).all(axis=-1, keepdims=True)
+    _, mask = patchify(np.where(valid, 0.0, np.nan), layout)
     used = latents[mask.any(axis=1)]
     model.quantizer = Quantizer.fit(used, model.config.bits, model.config.quant_clip_std)
     symbols = model.quantizer.quantize(used)
     model.entropy = EntropyModel.fit(symbols, model.quantizer.levels)
     model._bytes = None
+
+
+def with_bits(model: Model, train_data: np.ndarray, bits: int) -> Model:
+    """A model sharing ``model``'s network with a quantizer of ``bits`` bits, refitted on
+    ``train_data`` (a rate knob that needs no retraining). It has its own identity."""
+    cfg = dataclasses.replace(model.config, bits=int(bits))
+    out = Model(cfg, model.network, model.mean, model.std, None, None, model.report)
+    out.device = model.device
+    fit_coding(out, train_data)
+    return out
 
 
 # -------------------------------------------------------------------- residual layer
