@@ -1,0 +1,270 @@
+"""Chunk format: round trips and every kind of corruption -> BitstreamError."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from helpers import era5, tiny_model
+
+from coinpp_pipeline import BitstreamError, Model, ModelMismatchError
+from coinpp_pipeline.bitstream import (
+    FORMAT_VERSION,
+    MAGIC,
+    MAX_ELEMENTS,
+    Chunk,
+    pack,
+    pack_mask,
+    unpack,
+    unpack_mask,
+)
+
+MODEL_ID = bytes(range(8))
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _raw_chunk(
+    *,
+    version: int = FORMAT_VERSION,
+    dtype_code: int = 0,
+    shape: tuple[int, ...] = (4, 5),
+    patch: tuple[int, ...] = (2, 2),
+    model_id: bytes = MODEL_ID,
+    sections: list[tuple[int, bytes]] | None = None,
+    magic: bytes = MAGIC,
+    crc: bool = True,
+) -> bytes:
+    """Chunk bytes built independently from the documented layout (valid CRC by default)."""
+    sections = [(ord("K"), struct.pack("<d", 1.5))] if sections is None else sections
+    out = bytearray(magic) + bytes([version, 0, dtype_code, len(shape)])
+    for s in shape:
+        out += _varint(s)
+    out.append(len(patch))
+    for p in patch:
+        out += _varint(p)
+    out += model_id + bytes([len(sections)])
+    for tag, payload in sections:
+        out += bytes([tag]) + _varint(len(payload)) + payload
+    return bytes(out) + (struct.pack("<I", zlib.crc32(out)) if crc else b"")
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return tiny_model("era5-regular", steps=0)
+
+
+@pytest.fixture(scope="module")
+def real_chunk(model: Model) -> bytes:
+    """A small real chunk with latents and a mask: 2 items of 9 x 11 ERA5 values."""
+    a = era5()[:2, 50:59, 10:21]
+    a[0, 3, 4] = np.nan
+    blob = model.encode(a)
+    assert set(unpack(blob).sections) == {"L", "M"}
+    assert len(blob) < 400
+    return blob
+
+
+# ------------------------------------------------------------------------------ round trips
+def test_pack_matches_documented_layout() -> None:
+    chunk = Chunk(np.dtype("<f4"), (4, 5), (2, 2), MODEL_ID, {"K": struct.pack("<d", 1.5)})
+    assert pack(chunk) == _raw_chunk()
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<f8", "<f2", "i1", "<i2", "<i4", "<i8", "u1", "<u2", "<u4", "<u8"])
+def test_pack_unpack_roundtrip(dtype: str) -> None:
+    sections = {"L": bytes(range(256)) * 3, "M": b"", "R": b"\x00" * 200, "K": b"12345678"}
+    chunk = Chunk(np.dtype(dtype), (3, 1, 700, 2), (16, 16), MODEL_ID, sections)
+    back = unpack(pack(chunk))
+    assert back.dtype == np.dtype(dtype)
+    assert back.shape == chunk.shape and back.patch == chunk.patch and back.model_id == MODEL_ID
+    assert back.sections == sections
+    assert unpack(memoryview(pack(chunk))).sections == sections
+    assert unpack(bytearray(pack(chunk))).shape == chunk.shape
+
+
+def test_big_endian_dtype_is_stored_as_little_endian() -> None:
+    chunk = Chunk(np.dtype(">f4"), (2,), (2,), MODEL_ID, {})
+    assert unpack(pack(chunk)).dtype == np.dtype("<f4")
+
+
+def test_pack_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="8 bytes"):
+        pack(Chunk(np.dtype("f4"), (2,), (2,), b"short", {}))
+    with pytest.raises(ValueError, match="section tag"):
+        pack(Chunk(np.dtype("f4"), (2,), (2,), MODEL_ID, {"Z": b""}))
+    with pytest.raises(ValueError, match="cannot be stored"):
+        pack(Chunk(np.dtype("c8"), (2,), (2,), MODEL_ID, {}))
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 9), (2, 3, 5, 7)])
+def test_mask_roundtrip(shape: tuple[int, ...]) -> None:
+    mask = np.random.default_rng(len(shape)).random(shape) < 0.3
+    np.testing.assert_array_equal(unpack_mask(pack_mask(mask), shape), mask)
+
+
+def test_mask_corruption() -> None:
+    payload = pack_mask(np.ones((10, 10), bool))
+    with pytest.raises(BitstreamError, match="mask"):
+        unpack_mask(b"not zlib at all", (10, 10))
+    with pytest.raises(BitstreamError, match="expected"):
+        unpack_mask(payload, (20, 20))  # too few bytes for the shape
+    with pytest.raises(BitstreamError, match="expected"):
+        unpack_mask(pack_mask(np.ones(10**6, bool)), (10, 10))  # more than the shape: bounded
+
+
+# ------------------------------------------------------------------------------ corruption
+@pytest.mark.parametrize("data", [b"", b"C", b"CNPP", b"CNPP\x01\x00\x00"])
+def test_empty_and_tiny(data: bytes) -> None:
+    with pytest.raises(BitstreamError, match="truncated"):
+        unpack(data)
+
+
+def test_every_truncation_raises(real_chunk: bytes, model: Model) -> None:
+    for n in range(len(real_chunk)):
+        with pytest.raises(BitstreamError) as info:
+            unpack(real_chunk[:n])
+        msg = str(info.value)
+        assert any(w in msg for w in ("truncated", "CRC32", "magic")), (n, msg)
+    for n in range(0, len(real_chunk), 17):
+        with pytest.raises(BitstreamError):
+            model.decode(real_chunk[:n])
+
+
+def test_every_single_byte_flip_raises(real_chunk: bytes) -> None:
+    data = bytearray(real_chunk)
+    for pos in range(len(data)):
+        for flip in (0x01, 0x80, 0xFF):
+            corrupted = bytearray(data)
+            corrupted[pos] ^= flip
+            with pytest.raises(BitstreamError) as info:
+                unpack(bytes(corrupted))
+            msg = str(info.value)
+            assert any(w in msg for w in ("CRC32", "magic", "version")), (pos, msg)
+
+
+def test_flips_through_model_decode(real_chunk: bytes, model: Model) -> None:
+    for pos in range(0, len(real_chunk), 7):
+        corrupted = bytearray(real_chunk)
+        corrupted[pos] ^= 0x10
+        with pytest.raises(BitstreamError):
+            model.decode(bytes(corrupted))
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        gzip.compress(b"hello world" * 10),
+        b"\x89PNG\r\n\x1a\n" + bytes(40),
+        b"\x89HDF\r\n\x1a\n" + bytes(40),
+        b"PK\x03\x04" + bytes(40),
+        b'{"zarr_format": 3}',
+    ],
+)
+def test_foreign_bytes_bad_magic(foreign: bytes) -> None:
+    with pytest.raises(BitstreamError, match="magic"):
+        unpack(foreign)
+
+
+@pytest.mark.parametrize("version", [0, FORMAT_VERSION + 1, 255])
+def test_unknown_version(version: int) -> None:
+    with pytest.raises(BitstreamError, match=f"version {version} is not supported"):
+        unpack(_raw_chunk(version=version))
+
+
+def test_huge_declared_shape_rejected_before_allocation() -> None:
+    # 2**40 elements as a product of modest axes, with a valid CRC
+    with pytest.raises(BitstreamError, match="exceeds"):
+        unpack(_raw_chunk(shape=(1 << 20, 1 << 20)))
+    # one axis of 2**40
+    with pytest.raises(BitstreamError, match="exceeds"):
+        unpack(_raw_chunk(shape=(1 << 40,), patch=(2,)))
+    # the largest allowed size still parses (nothing is allocated by unpack)
+    assert unpack(_raw_chunk(shape=(MAX_ELEMENTS,), patch=(2,))).shape == (MAX_ELEMENTS,)
+    # an endless varint runs into the end of the data, not into a huge number
+    with pytest.raises(BitstreamError):
+        unpack(MAGIC + bytes([FORMAT_VERSION, 0, 0, 1]) + b"\x80" * 64 + b"\x00\x00\x00\x00")
+
+
+def test_huge_shape_through_model_decode(model: Model) -> None:
+    data = _raw_chunk(shape=(1 << 20, 1 << 20), model_id=model.model_id)
+    with pytest.raises(BitstreamError, match="exceeds"):
+        model.decode(data)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sections": [(ord("Z"), b"")]}, "unknown section tag"),
+        ({"sections": [(0, b"")]}, "unknown section tag"),
+        ({"dtype_code": 200}, "unknown dtype"),
+        ({"shape": (4,) * 40, "patch": ()}, "ndim"),
+        ({"shape": (4,), "patch": (2, 2)}, "patch has 2 axes"),
+        ({"patch": (0, 2)}, "invalid patch"),
+    ],
+)
+def test_invalid_header_fields(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(BitstreamError, match=match):
+        unpack(_raw_chunk(**kwargs))  # type: ignore[arg-type]
+
+
+def test_section_length_beyond_data() -> None:
+    # declared length larger than the rest of the chunk
+    data = bytearray(_raw_chunk(sections=[(ord("K"), b"12345678")], crc=False))
+    data[-9] = 50
+    data += struct.pack("<I", zlib.crc32(data))
+    with pytest.raises(BitstreamError, match="section length = 50 exceeds"):
+        unpack(bytes(data))
+    data = bytearray(_raw_chunk(sections=[(ord("K"), b"12345678")], crc=False))
+    data[-9] = 12  # within the body size, but past its end
+    data += struct.pack("<I", zlib.crc32(data))
+    with pytest.raises(BitstreamError, match="truncated"):
+        unpack(bytes(data))
+
+
+def test_trailing_garbage(real_chunk: bytes) -> None:
+    with pytest.raises(BitstreamError, match="CRC32"):
+        unpack(real_chunk + b"\x00")
+    # garbage inside the CRC-protected body after the last section
+    body = _raw_chunk(crc=False) + b"junk"
+    with pytest.raises(BitstreamError, match="unexpected bytes"):
+        unpack(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def test_chunk_from_another_model(real_chunk: bytes, model: Model) -> None:
+    other = tiny_model("era5-regular", steps=0, seed=1)
+    assert other.sha256 != model.sha256
+    with pytest.raises(ModelMismatchError, match="not by this model"):
+        other.decode(real_chunk)
+
+
+def test_decode_rejects_inconsistent_valid_crc_chunks(model: Model) -> None:
+    mid = model.model_id
+    with pytest.raises(BitstreamError, match="neither"):
+        model.decode(_raw_chunk(model_id=mid, shape=(4, 4), patch=(8, 8), sections=[]))
+    with pytest.raises(BitstreamError, match="patch layout"):
+        model.decode(_raw_chunk(model_id=mid, shape=(4, 4), patch=(4, 4)))
+    with pytest.raises(BitstreamError, match="does not fit"):
+        model.decode(_raw_chunk(model_id=mid, shape=(4,), patch=(8,)))
+    with pytest.raises(BitstreamError, match="8 bytes"):
+        model.decode(_raw_chunk(model_id=mid, shape=(4, 4), patch=(8, 8), sections=[(ord("K"), b"1")]))
+    with pytest.raises(BitstreamError):
+        model.decode(_raw_chunk(model_id=mid, shape=(4, 4), patch=(8, 8), sections=[(ord("L"), b"abc")]))
+    with pytest.raises(BitstreamError, match="integer"):
+        mask = pack_mask(np.ones((4, 4), bool))
+        model.decode(
+            _raw_chunk(
+                model_id=mid, dtype_code=4, shape=(4, 4), patch=(8, 8),
+                sections=[(ord("K"), bytes(8)), (ord("M"), mask)],
+            )
+        )
