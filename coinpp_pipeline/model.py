@@ -271,20 +271,27 @@ def _encode_residual(
 ) -> bytes:
     """Quantize ``x - pred`` with bin width ``2·(bound - margin)``; entropy-code with a
     quantized Laplace model. Layout: varint R, float64 bin, float32 scale, u32 words."""
-    margin = max(bound * BOUND_MARGIN, 4 * np.finfo(np.float32).eps * float(np.abs(x[np.isfinite(x)]).max(initial=0.0)))
+    # Decoders may differ from the encoder's prediction by a few float32 ulps of the network
+    # output (threads, batch sizes, devices); that drift scales with |pred|, not only |x|.
+    # Float outputs are also rounded to the array's dtype (float16 ulps are coarse).
+    eps = float(np.finfo(np.float32).eps)
+    if dtype.kind == "f":
+        eps = max(eps, float(np.finfo(dtype).eps))
+    scale_ref = max(
+        float(np.abs(x[np.isfinite(x)]).max(initial=0.0)),
+        float(np.abs(pred[np.isfinite(pred)]).max(initial=0.0)),
+    )
+    margin = max(bound * BOUND_MARGIN, 4 * eps * scale_ref)
     if dtype.kind in "iu":
-        bound = max(bound, 0.0)
-        if bound < 0.5:
-            margin = 0.0  # integer outputs are rounded: bins of width 1 are exact
-            half = 0.5 - 1e-6
-        else:
-            half = math.floor(bound) + 0.5 - 1e-6
-        half = min(half, bound + 0.5 - 1e-6)
+        # Integer outputs are rounded: any value within floor(bound) + 0.5 (exclusive) of the
+        # input rounds to within floor(bound). Keep a drift margin below that threshold.
+        int_margin = max(1.0 / 32.0, 4 * eps * scale_ref)
+        half = math.floor(max(bound, 0.0)) + 0.5 - int_margin
     else:
         half = bound - margin
     if half <= 0:
         raise ValueError(
-            f"max_abs_error {bound:g} is below the float32 precision of these values; "
+            f"max_abs_error {bound:g} is below the {np.dtype(dtype)} precision of these values; "
             "store this array losslessly instead"
         )
     width = 2.0 * half
