@@ -184,7 +184,7 @@ class Model:
             sections["M"] = bitstream.pack_mask(~valid)
         vals = x[valid]
         if vals.size == 0 or vals.min() == vals.max():
-            sections["K"] = struct.pack("<d", float(vals[0]) if vals.size else 0.0)
+            sections["K"] = struct.pack("<d", float(vals.flat[0]) if vals.size else 0.0)
         else:
             latents, _ = self.fit_latents(items, steps)
             symbols = self.quantizer.quantize(latents)
@@ -275,13 +275,13 @@ def _encode_residual(
     # output (threads, batch sizes, devices); that drift scales with |pred|, not only |x|.
     # Float outputs are also rounded to the array's dtype (float16 ulps are coarse).
     eps = float(np.finfo(np.float32).eps)
-    if dtype.kind == "f":
-        eps = max(eps, float(np.finfo(dtype).eps))
     scale_ref = max(
         float(np.abs(x[np.isfinite(x)]).max(initial=0.0)),
         float(np.abs(pred[np.isfinite(pred)]).max(initial=0.0)),
     )
     margin = max(bound * BOUND_MARGIN, 4 * eps * scale_ref)
+    if dtype.kind == "f" and dtype.itemsize < 4:
+        margin += 0.5 * float(np.finfo(dtype).eps) * scale_ref  # half an ulp of the output
     if dtype.kind in "iu":
         # Integer outputs are rounded: any value within floor(bound) + 0.5 (exclusive) of the
         # input rounds to within floor(bound). Keep a drift margin below that threshold.
