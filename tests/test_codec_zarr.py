@@ -20,7 +20,6 @@ from coinpp_pipeline import resolve as R
 from coinpp_pipeline.codec import COINppCodec
 from coinpp_pipeline.zarr_codec import COINppZarrCodec
 
-
 REPO = Path(__file__).resolve().parents[1]
 ERA5_FILES = sorted(str(p) for p in (REPO / "data" / "era5-1deg").glob("*.nc"))
 BOUND = 0.25
