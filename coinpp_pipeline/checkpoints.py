@@ -31,7 +31,9 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def serialize(tensors: dict[str, torch.Tensor | np.ndarray], description: dict[str, Any]) -> bytes:
+def serialize(
+    tensors: dict[str, torch.Tensor | np.ndarray], description: dict[str, Any], fmt: str = FORMAT
+) -> bytes:
     """Tensors + JSON description -> safetensors bytes (deterministic for equal inputs)."""
     ts = {
         k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
@@ -41,7 +43,7 @@ def serialize(tensors: dict[str, torch.Tensor | np.ndarray], description: dict[s
         for k, v in sorted(tensors.items())
     }
     metadata = {
-        "format": FORMAT,
+        "format": fmt,
         "format_version": str(MODEL_FORMAT_VERSION),
         "coinpp": json.dumps(description, sort_keys=True, separators=(",", ":")),
     }
@@ -49,7 +51,7 @@ def serialize(tensors: dict[str, torch.Tensor | np.ndarray], description: dict[s
 
 
 def deserialize(
-    data: bytes, expected_sha256: str | None = None, where: str = "<bytes>"
+    data: bytes, expected_sha256: str | None = None, where: str = "<bytes>", fmt: str = FORMAT
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Verify and parse model bytes. Raises :class:`ModelFileError` with ``where`` named."""
     if expected_sha256 is not None:
@@ -69,8 +71,8 @@ def deserialize(
         meta = header.get("__metadata__") or {}
     except (ValueError, AttributeError) as exc:
         raise ModelFileError(f"model file {where} has an unreadable header: {exc}") from exc
-    if meta.get("format") != FORMAT:
-        raise ModelFileError(f"{where} is not a coinpp model file (format={meta.get('format')!r})")
+    if meta.get("format") != fmt:
+        raise ModelFileError(f"{where} is not a {fmt} file (format={meta.get('format')!r})")
     if meta.get("format_version") != str(MODEL_FORMAT_VERSION):
         raise ModelFileError(
             f"model file {where} has format version {meta.get('format_version')!r}; "
@@ -99,3 +101,48 @@ def write_bytes(url: str, data: bytes, **storage_options: Any) -> None:
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
+
+
+TRAIN_STATE_FORMAT = "coinpp-train-state"
+
+
+def save_train_state(
+    url: str,
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    best_state: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    **storage_options: Any,
+) -> None:
+    """Write a resumable meta-training checkpoint (safetensors + JSON, no pickle)."""
+    opt = optimizer.state_dict()
+    tensors: dict[str, Any] = {f"net.{k}": v for k, v in network.state_dict().items()}
+    tensors |= {f"best.{k}": v for k, v in best_state.items()}
+    for idx, st in opt["state"].items():
+        for name, v in st.items():
+            tensors[f"opt.{idx}.{name}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    tensors["rng.torch"] = torch.get_rng_state()
+    desc = dict(info, param_groups=opt["param_groups"])
+    write_bytes(url, serialize(tensors, desc, fmt=TRAIN_STATE_FORMAT), **storage_options)
+
+
+def load_train_state(
+    url: str, network: torch.nn.Module, optimizer: torch.optim.Optimizer, **storage_options: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore network and optimizer in place; return ``(best_state, info)``."""
+    tensors, desc = deserialize(read_bytes(url, **storage_options), where=url, fmt=TRAIN_STATE_FORMAT)
+    network.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": desc.pop("param_groups")})
+    torch.set_rng_state(tensors["rng.torch"])
+    return best, desc
+
+
+def exists(url: str, **storage_options: Any) -> bool:
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    return bool(fs.exists(path))

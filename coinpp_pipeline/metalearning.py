@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from . import checkpoints
 from .config import ModelConfig, TrainConfig
 from .coordinates import PatchLayout, patch_coordinates, patchify, split_items
 from .network import ModulatedSiren
@@ -129,6 +130,8 @@ def meta_train(
     train: TrainConfig | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     initial_state: dict[str, Any] | None = None,
+    checkpoint_url: str | None = None,
+    checkpoint_every: int = 0,
 ) -> Model:
     """Meta-learn a COIN++ model on ``data``.
 
@@ -138,7 +141,10 @@ def meta_train(
         config: architecture and coding parameters.
         train: outer-loop settings (steps, batch, lr, validation split, seed, device).
         callback: called as ``callback(step, metrics)`` after every validation.
-        initial_state: ``{"network": state_dict}`` to continue from (resume).
+        initial_state: ``{"network": state_dict}`` to start from (fine-tuning).
+        checkpoint_url: fsspec URL of a resumable training checkpoint. If it exists, training
+            resumes from it (same data and settings assumed); it is rewritten every
+            ``checkpoint_every`` steps and at the end.
     Returns:
         A fitted :class:`~coinpp_pipeline.model.Model` (best validation checkpoint, with
         normalisation, quantizer and entropy model fitted on the training items).
@@ -183,7 +189,22 @@ def meta_train(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     running = 0.0
-    for step in range(1, train.steps + 1):
+    first_step = 1
+    if checkpoint_url and checkpoints.exists(checkpoint_url):
+        best_state, info = checkpoints.load_train_state(checkpoint_url, net, opt)
+        first_step = int(info["step"]) + 1
+        best_val, best_step, lr_scale = float(info["best_val"]), int(info["best_step"]), float(info["lr_scale"])
+        history = list(info["history"])
+        rng.bit_generator.state = info["numpy_rng"]
+        log.info("resumed meta-training from %s at step %d", checkpoint_url, first_step)
+
+    def save_checkpoint(step: int) -> None:
+        if checkpoint_url:
+            info = {"step": step, "best_val": best_val, "best_step": best_step, "lr_scale": lr_scale,
+                    "history": history, "numpy_rng": rng.bit_generator.state}
+            checkpoints.save_train_state(checkpoint_url, net, opt, best_state, info)
+
+    for step in range(first_step, train.steps + 1):
         idx = rng.integers(0, len(train_set), size=min(train.batch_size, len(train_set)))
         coords, values, mask = train_set.batch(idx, device)
         mode = "first" if train.first_order else "second"
@@ -222,6 +243,10 @@ def meta_train(
             log.info("step %d loss %.5f val %.2f dB", step, metrics["train_loss"], psnr)
             if callback is not None:
                 callback(step, metrics)
+        if checkpoint_every and step % checkpoint_every == 0:
+            save_checkpoint(step)
+    if first_step <= train.steps:
+        save_checkpoint(train.steps)
     net.load_state_dict(best_state)
     net.eval()
     report = {

@@ -79,7 +79,7 @@ class Model:
                 "quantizer.hi": self.quantizer.hi,
                 "entropy.counts": self.entropy.counts.astype(np.int64),
             }
-            desc = {"config": self.config.to_dict(), "bits": self.quantizer.bits, "report": self.report}
+            desc = {"config": self.config.to_dict(), "bits": self.quantizer.bits, "report": _stable(self.report)}
             self._bytes = checkpoints.serialize(tensors, desc)
         return self._bytes
 
@@ -237,6 +237,14 @@ class Model:
             info = np.iinfo(dtype)
             out = np.clip(np.rint(out), info.min, info.max)
         return out.astype(dtype).reshape(chunk.shape)
+
+
+def _stable(report: dict[str, Any]) -> dict[str, Any]:
+    """The training report without wall-clock fields, so equal training gives equal files."""
+    out = {k: v for k, v in report.items() if k != "train_seconds"}
+    if "history" in out:
+        out["history"] = [{k: v for k, v in h.items() if k != "time_s"} for h in out["history"]]
+    return out
 
 
 def fit_coding(model: Model, train_data: np.ndarray) -> None:

@@ -1,0 +1,406 @@
+"""Compress an archive (NetCDF / Zarr / NIfTI files) into one COIN++-encoded Zarr store.
+
+The work is split into chunk-aligned *regions* along the item axis (time), so that regions
+can be written in parallel by any executor (the Prefect flow uses its task runner):
+
+1. :func:`plan_archive` indexes the sources (metadata only) and :func:`prepare_store` creates
+   the store (coordinates, attributes, codec per variable) or extends it along time when the
+   archive has grown. It returns the regions not yet done.
+2. :func:`write_region` reads one region from the sources, writes it with
+   ``xarray.to_zarr(region=...)`` (the codec encodes each chunk), optionally decodes it back
+   to verify, and only then sets the region's done-flag. A crash mid-region leaves the flag
+   unset, so a rerun rewrites that region (writes are idempotent overwrites of whole chunks).
+3. :func:`finalize_store` records provenance (model hashes, package version, source files,
+   codec parameters) and returns per-variable statistics.
+
+Done-flags live in the store itself, in the zarr array ``_coinpp/done_<var>`` (one uint8
+chunk per region, so concurrent regions never write the same object).
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import dask.array as da
+import fsspec
+import numpy as np
+import xarray as xr
+import zarr
+
+from . import __version__
+from .codec import COINppCodec
+from .resolve import resolve_model
+from .zarr_codec import COINppZarrCodec
+
+PROGRESS_GROUP = "_coinpp"
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+class SourceError(ValueError):
+    """A source file cannot be read or does not match the rest of the archive."""
+
+
+# ------------------------------------------------------------------------------ sources
+def list_sources(source: str | Sequence[str], storage_options: dict | None = None) -> list[str]:
+    """Expand a glob, a directory or a list of URLs (any fsspec protocol) to sorted URLs."""
+    urls = [source] if isinstance(source, str) else list(source)
+    out: list[str] = []
+    for url in urls:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+        prefix = "" if proto in ("file", "local") else f"{proto}://"
+        if path.rstrip("/").endswith(".zarr") and fs.isdir(path):
+            out.append(prefix + path.rstrip("/"))
+            continue
+        if fs.isdir(path):
+            hits = [p for p in fs.ls(path, detail=False) if p.endswith(NETCDF_SUFFIXES + NIFTI_SUFFIXES + (".zarr",))]
+        else:
+            hits = fs.glob(path)
+        out += [prefix + h for h in sorted(hits)]
+    if not out:
+        raise SourceError(f"no source files found for {source!r}")
+    return out
+
+
+def open_source(url: str, storage_options: dict | None = None) -> xr.Dataset:
+    """Open one source as an in-memory ``xr.Dataset``; :class:`SourceError` names the file."""
+    try:
+        if url.rstrip("/").endswith(".zarr"):
+            return xr.open_zarr(url, storage_options=storage_options).load()
+        if url.endswith(NIFTI_SUFFIXES):
+            return _open_nifti(url, storage_options)
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            with xr.open_dataset(f, engine="h5netcdf") as ds:
+                return ds.load()
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"cannot read source file {url}: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_nifti(url: str, storage_options: dict | None) -> xr.Dataset:
+    import gzip
+    import io
+
+    import nibabel
+
+    with fsspec.open(url, "rb", **(storage_options or {})) as f:
+        raw = f.read()
+    if url.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    img = nibabel.Nifti1Image.from_bytes(raw) if raw[344:348] in (b"n+1\x00", b"ni1\x00") else None
+    if img is None:
+        img = nibabel.load(io.BytesIO(raw))  # pragma: no cover - other NIfTI flavours
+    data = np.asarray(img.dataobj)
+    if data.ndim == 3:
+        data = data[..., None]
+    # NIfTI stores (x, y, z, t): items first for the codec.
+    arr = np.moveaxis(data, -1, 0)
+    return xr.Dataset(
+        {"image": (("time", "x", "y", "z"), arr)},
+        coords={"time": np.arange(arr.shape[0])},
+        attrs={"source_format": "NIfTI-1", "affine": img.affine.tolist()},
+    )
+
+
+# ------------------------------------------------------------------------------ planning
+@dataclass
+class Region:
+    """Items ``[start, stop)`` of variable ``var``; ``index`` = region number."""
+
+    var: str
+    index: int
+    start: int
+    stop: int
+
+
+@dataclass
+class ArchiveJob:
+    """Everything a region task needs, as plain data (cheap to send to Dask/Prefect workers)."""
+
+    sources: list[str]
+    target: str
+    variables: list[str]
+    models: dict[str, str]  # var -> model URL
+    model_hashes: dict[str, str]  # var -> sha256
+    time_dim: str = "time"
+    time_chunk: int = 1
+    region_chunks: int = 1
+    zarr_format: int = 3
+    steps: int | None = None
+    max_abs_error: float | None = None
+    rel_error: float | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    source_storage_options: dict[str, Any] = field(default_factory=dict)
+    file_times: list[int] = field(default_factory=list)  # items per source file
+
+    @property
+    def region_items(self) -> int:
+        return self.time_chunk * self.region_chunks
+
+    @property
+    def total_items(self) -> int:
+        return sum(self.file_times)
+
+
+def plan_archive(job: ArchiveJob) -> ArchiveJob:
+    """Index the sources: items per file along ``time_dim``; check the variables exist."""
+    times = []
+    first: xr.Dataset | None = None
+    for url in job.sources:
+        ds = open_source(url, job.source_storage_options)
+        missing = [v for v in job.variables if v not in ds]
+        if missing:
+            raise SourceError(f"source file {url} lacks variable(s) {missing}")
+        for v in job.variables:
+            if ds[v].dims[0] != job.time_dim:
+                raise SourceError(f"variable {v} in {url} does not start with dimension {job.time_dim!r}")
+            if first is not None and ds[v].shape[1:] != first[v].shape[1:]:
+                raise SourceError(f"variable {v} in {url} has shape {ds[v].shape}, unlike the first file")
+        first = first or ds
+        times.append(int(ds.sizes[job.time_dim]))
+    job.file_times = times
+    return job
+
+
+def _encoding(job: ArchiveJob, var: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    params = {"model": job.model_hashes[var], "model_url": job.models[var], "steps": job.steps,
+              "max_abs_error": job.max_abs_error, "rel_error": job.rel_error}
+    chunks = (job.time_chunk, *shape[1:])
+    if job.zarr_format == 2:
+        return {"chunks": chunks, "compressors": [COINppCodec(**params)], "filters": None}
+    return {"chunks": chunks, "serializer": COINppZarrCodec(**params), "compressors": None}
+
+
+def _read_items(job: ArchiveJob, start: int, stop: int, variables: list[str] | None = None) -> xr.Dataset:
+    """Items ``[start, stop)`` of the concatenated sources (reads only the files involved)."""
+    parts, offset = [], 0
+    for url, n in zip(job.sources, job.file_times, strict=True):
+        lo, hi = max(start - offset, 0), min(stop - offset, n)
+        if lo < hi:
+            ds = open_source(url, job.source_storage_options)[variables or job.variables]
+            parts.append(ds.isel({job.time_dim: slice(lo, hi)}))
+        offset += n
+    return xr.concat(parts, dim=job.time_dim) if len(parts) > 1 else parts[0]
+
+
+def _progress(job: ArchiveJob, mode: str = "r+") -> zarr.Group:
+    root = zarr.open_group(job.target, mode=mode, storage_options=job.storage_options or None, zarr_format=job.zarr_format)
+    return root.require_group(PROGRESS_GROUP)
+
+
+def regions_for(job: ArchiveJob) -> list[Region]:
+    n = math.ceil(job.total_items / job.region_items)
+    return [Region(v, i, i * job.region_items, min((i + 1) * job.region_items, job.total_items))
+            for v in job.variables for i in range(n)]
+
+
+def _store_exists(job: ArchiveJob) -> bool:
+    try:
+        zarr.open_group(job.target, mode="r", storage_options=job.storage_options or None)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def prepare_store(job: ArchiveJob) -> list[Region]:
+    """Create the store (or extend it along time) and return the regions still to write."""
+    template_src = _read_items(job, 0, 1)
+    kw: dict[str, Any] = {"zarr_format": job.zarr_format, "consolidated": job.zarr_format == 2,
+                          "storage_options": job.storage_options or None, "compute": False}
+    if not _store_exists(job):
+        tmpl = _template(job, template_src, 0, job.total_items)
+        enc = {v: _encoding(job, v, tmpl[v].shape) for v in job.variables}
+        tmpl.to_zarr(job.target, mode="w-", encoding=enc, **kw)
+    else:
+        have = xr.open_zarr(job.target, consolidated=job.zarr_format == 2, storage_options=job.storage_options or None)
+        n_have = int(have.sizes[job.time_dim])
+        missing = [v for v in job.variables if v not in have]
+        if missing:
+            raise SourceError(f"store {job.target} has no variable(s) {missing}; write a new store")
+        for v in job.variables:
+            _check_same_model(job, v)
+        src_times = _read_times(job)
+        if n_have > len(src_times) or not np.array_equal(np.asarray(have[job.time_dim].values), src_times[:n_have]):
+            raise SourceError(
+                f"store {job.target} holds {n_have} items whose {job.time_dim} values are not the "
+                "first items of the sources: the archive changed in the middle; write a new store"
+            )
+        if len(src_times) > n_have:
+            tmpl = _template(job, template_src, n_have, len(src_times))
+            tmpl.to_zarr(job.target, mode="a", append_dim=job.time_dim, **kw)
+    regions = regions_for(job)
+    group = _progress(job)
+    done: dict[str, np.ndarray] = {}
+    n = math.ceil(job.total_items / job.region_items)
+    for v in job.variables:
+        name = f"done_{v}"
+        if name in group:
+            arr = group[name]
+            if arr.shape[0] < n:
+                arr.resize((n,))
+        else:
+            arr = group.create_array(name, shape=(n,), chunks=(1,), dtype="uint8", fill_value=0)
+        done[v] = np.asarray(arr[:])
+    keyed = {}
+    for r in regions:
+        keyed.setdefault(r.var, []).append(r)
+    pending = []
+    for v, rs in keyed.items():
+        for r in rs:
+            flag = done[v][r.index] if r.index < len(done[v]) else 0
+            # A flag records the region's stop; a region that grew (archive appended) is redone.
+            if flag != _flag(r, job):
+                pending.append(r)
+    return pending
+
+
+def _flag(region: Region, job: ArchiveJob) -> int:
+    """Done-flag value: 1 + items in the region (so a grown region no longer counts as done)."""
+    return 1 + (region.stop - region.start)
+
+
+def _read_times(job: ArchiveJob) -> np.ndarray:
+    vals = [np.asarray(open_source(u, job.source_storage_options)[job.time_dim].values) for u in job.sources]
+    return np.concatenate(vals)
+
+
+def _codec_models(node: Any) -> list[str]:
+    """Model hashes named by coinpp codec configurations anywhere in array metadata."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if node.get("name") == "coinpp" or node.get("id") == "coinpp":
+            cfg = node.get("configuration", node)
+            if isinstance(cfg, dict) and isinstance(cfg.get("model"), str):
+                found.append(cfg["model"])
+        for v in node.values():
+            found += _codec_models(v)
+    elif isinstance(node, list | tuple):
+        for v in node:
+            found += _codec_models(v)
+    return found
+
+
+def _check_same_model(job: ArchiveJob, var: str) -> None:
+    root = zarr.open_group(job.target, mode="r", storage_options=job.storage_options or None)
+    meta = root[var].metadata.to_dict()
+    for sha in _codec_models(meta):
+        if sha != job.model_hashes[var]:
+            raise SourceError(
+                f"store {job.target} encodes {var} with model {sha[:12]}…, not with "
+                f"{job.model_hashes[var][:12]}…: append with the store's model or write a new store"
+            )
+
+
+def _template(job: ArchiveJob, src: xr.Dataset, start: int, stop: int) -> xr.Dataset:
+    """A lazily-zero dataset for items ``[start, stop)`` with the sources' coords and attrs."""
+    times = _read_times(job)[start:stop]
+    data = {}
+    for v in job.variables:
+        shape = (stop - start, *src[v].shape[1:])
+        chunks = (job.time_chunk, *src[v].shape[1:])
+        data[v] = (src[v].dims, da.zeros(shape, chunks=chunks, dtype=src[v].dtype), src[v].attrs)
+    coords = {k: c for k, c in src.coords.items() if job.time_dim not in c.dims}
+    coords[job.time_dim] = (job.time_dim, times, src[job.time_dim].attrs)
+    ds = xr.Dataset(data, coords=coords, attrs=src.attrs)
+    for k in ("units", "calendar"):
+        if k in src[job.time_dim].encoding:
+            ds[job.time_dim].encoding[k] = src[job.time_dim].encoding[k]
+    return ds
+
+
+# ------------------------------------------------------------------------------ regions
+@dataclass
+class RegionResult:
+    var: str
+    index: int
+    items: int
+    raw_bytes: int
+    sse: float = 0.0
+    count: int = 0
+    max_abs_error: float = 0.0
+    vmin: float = math.inf
+    vmax: float = -math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_region(job: ArchiveJob, region: Region, verify: bool = True) -> RegionResult:
+    """Encode and write one region; verify it by decoding from the store; then flag it done."""
+    resolve_model(job.model_hashes[region.var], job.models[region.var])  # fail early, clearly
+    src = _read_items(job, region.start, region.stop, [region.var])
+    part = src[[region.var]].drop_vars([c for c in src.coords if c != job.time_dim] + [job.time_dim], errors="ignore")
+    part.to_zarr(job.target, region={job.time_dim: slice(region.start, region.stop)},
+                 consolidated=False, zarr_format=job.zarr_format, storage_options=job.storage_options or None)
+    values = np.asarray(src[region.var].values)
+    res = RegionResult(region.var, region.index, region.stop - region.start, int(values.nbytes))
+    if verify:
+        store = zarr.open_group(job.target, mode="r", storage_options=job.storage_options or None)
+        back = np.asarray(store[region.var][region.start : region.stop])
+        ok = np.isfinite(values)
+        if not np.array_equal(ok, np.isfinite(back)):
+            raise RuntimeError(f"verification failed for {region.var} items {region.start}-{region.stop}: missing-value mask differs")
+        err = np.abs(back[ok].astype(np.float64) - values[ok])
+        res.sse, res.count = float((err**2).sum()), int(ok.sum())
+        res.max_abs_error = float(err.max(initial=0.0))
+        if res.count:
+            res.vmin, res.vmax = float(values[ok].min()), float(values[ok].max())
+    flags = _progress(job)[f"done_{region.var}"]
+    flags[region.index] = _flag(region, job)
+    return res
+
+
+def stored_bytes(job: ArchiveJob, var: str) -> int:
+    """Bytes of the chunk objects of ``var`` in the store (metadata excluded)."""
+    fs, path = fsspec.core.url_to_fs(job.target, **(job.storage_options or {}))
+    base = posixpath.join(path, var)
+    total = 0
+    for p, info in fs.find(base, detail=True).items():
+        name = p.rsplit("/", 1)[-1]
+        if name not in ("zarr.json", ".zarray", ".zattrs", ".zgroup"):
+            total += int(info.get("size") or 0)
+    return total
+
+
+def finalize_store(job: ArchiveJob, results: list[RegionResult]) -> dict[str, dict[str, float]]:
+    """Write provenance into the store's attributes; return per-variable statistics."""
+    root = zarr.open_group(job.target, mode="r+", storage_options=job.storage_options or None)
+    root.attrs.update({
+        "coinpp": {
+            "package_version": __version__,
+            "models": {v: {"sha256": job.model_hashes[v], "url": job.models[v]} for v in job.variables},
+            "sources": job.sources,
+            "codec": {"steps": job.steps, "max_abs_error": job.max_abs_error, "rel_error": job.rel_error},
+        }
+    })
+    if job.zarr_format == 2:
+        zarr.consolidate_metadata(job.target, storage_options=job.storage_options or None)
+    stats: dict[str, dict[str, float]] = {}
+    for v in job.variables:
+        rs = [r for r in results if r.var == v]
+        raw = sum(r.raw_bytes for r in rs)
+        stored = stored_bytes(job, v)
+        count = sum(r.count for r in rs)
+        rng = max((r.vmax for r in rs), default=0.0) - min((r.vmin for r in rs), default=0.0)
+        rmse = math.sqrt(sum(r.sse for r in rs) / count) if count else float("nan")
+        stats[v] = {
+            "regions_written": len(rs),
+            "raw_bytes_written": raw,
+            "stored_bytes": stored,
+            "ratio": (job.total_items * _item_bytes(job, v) / stored) if stored else float("nan"),
+            "psnr_db": (20 * math.log10(rng / rmse) if rmse > 0 else math.inf) if count else float("nan"),
+            "max_abs_error": max((r.max_abs_error for r in rs), default=float("nan")),
+        }
+    return stats
+
+
+def _item_bytes(job: ArchiveJob, var: str) -> int:
+    store = zarr.open_group(job.target, mode="r", storage_options=job.storage_options or None)
+    arr = store[var]
+    return int(math.prod(arr.shape[1:]) * arr.dtype.itemsize)
