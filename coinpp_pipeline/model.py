@@ -178,11 +178,12 @@ class Model:
         items, _ = split_items(a, self.config)
         layout = PatchLayout.for_shape(items.shape[1:-1], self.config)
         x = items.astype(np.float64)
-        valid = np.isfinite(x).all(axis=-1)
+        # The mask is per value: a NaN in one channel must not hide the point's other channels.
+        finite = np.isfinite(x)
         sections: dict[str, bytes] = {}
-        if not valid.all():
-            sections["M"] = bitstream.pack_mask(~valid)
-        vals = x[valid]
+        if not finite.all():
+            sections["M"] = bitstream.pack_mask(~finite)
+        vals = x[finite]
         if vals.size == 0 or vals.min() == vals.max():
             sections["K"] = struct.pack("<d", float(vals.flat[0]) if vals.size else 0.0)
         else:
@@ -191,7 +192,7 @@ class Model:
             sections["L"] = self.entropy.compress(symbols)
             if max_abs_error is not None:
                 pred = self.synthesize(self.quantizer.dequantize(symbols), layout)
-                sections["R"] = _encode_residual(x, pred, valid, max_abs_error, a.dtype)
+                sections["R"] = _encode_residual(x, pred, finite, max_abs_error, a.dtype)
         chunk = bitstream.Chunk(a.dtype, a.shape, layout.patch, self.model_id, sections)
         return bitstream.pack(chunk)
 
@@ -216,7 +217,7 @@ class Model:
         full = (b, *layout.shape, self.config.channels)
         invalid = None
         if "M" in chunk.sections:
-            invalid = bitstream.unpack_mask(chunk.sections["M"], full[:-1])
+            invalid = bitstream.unpack_mask(chunk.sections["M"], full)
         if "K" in chunk.sections:
             if len(chunk.sections["K"]) != 8:
                 raise BitstreamError("constant section must hold 8 bytes")
@@ -303,7 +304,7 @@ def _encode_residual(
             "store this array losslessly instead"
         )
     width = 2.0 * half
-    r = np.where(valid[..., None], x - pred, 0.0)
+    r = np.where(valid, x - pred, 0.0)
     q = np.rint(r / width).astype(np.int64)
     rmax = int(np.abs(q).max(initial=0))
     if rmax > MAX_RESIDUAL_SYMBOL:
