@@ -300,7 +300,8 @@ def _encode_residual(
         half = bound - margin
     if half <= 0:
         raise ValueError(
-            f"max_abs_error {bound:g} is below the {np.dtype(dtype)} precision of these values; "
+            f"max_abs_error {bound:g} is below the precision coinpp can guarantee for these "
+            f"{np.dtype(dtype)} values (values and model predictions up to {scale_ref:.3g}); "
             "store this array losslessly instead"
         )
     width = 2.0 * half
