@@ -65,7 +65,7 @@ def torch_section(inference: bool) -> Iterator[None]:
     """Run torch work from (possibly many) codec threads without oversubscribing the CPU.
 
     With the default ``"lock"`` policy a process-wide lock serialises the network passes and
-    each uses torch's intra-op pool; see ``docs/codec.md`` for the measurements behind this.
+    each uses torch's intra-op pool; README "Using the codec" gives the measurements behind this.
     ``inference`` wraps the block in :func:`torch.inference_mode` (decoding only: encoding
     needs autograd for the inner loop).
     """
