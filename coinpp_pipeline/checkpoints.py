@@ -47,7 +47,18 @@ def serialize(
         "format_version": str(MODEL_FORMAT_VERSION),
         "coinpp": json.dumps(description, sort_keys=True, separators=(",", ":")),
     }
-    return safetensors.torch.save(ts, metadata=metadata)
+    return _canonical(safetensors.torch.save(ts, metadata=metadata))
+
+
+def _canonical(data: bytes) -> bytes:
+    """Rewrite a safetensors header with sorted keys. safetensors serialises its metadata
+    from a hash map whose order changes from call to call, which made equal models save to
+    different bytes (and so get different sha256 identities)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes with spaces
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
 
 
 def deserialize(

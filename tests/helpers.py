@@ -56,6 +56,7 @@ TINY: dict[str, Any] = {"depth": 3, "width": 32, "latent_dim": 8}
 TINY_TRAIN: dict[str, Any] = {
     "steps": 30,
     "batch_size": 16,
+    "outer_lr": 3e-3,
     "first_order": True,
     "val_every": 30,
     "val_fraction": 0.25,

@@ -106,7 +106,7 @@ def test_unknown_format_version(model: Model, tmp_path: pathlib.Path, version: s
 def test_not_a_coinpp_safetensors_file(model: Model, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "other.safetensors"
     path.write_bytes(_rewrite_metadata(model.to_bytes(), format="something-else"))
-    with pytest.raises(ModelFileError, match="not a coinpp model file"):
+    with pytest.raises(ModelFileError, match="not a coinpp"):
         Model.load(str(path))
 
 
@@ -157,3 +157,15 @@ def test_package_source_has_no_unpickling() -> None:
         text = src.read_text()
         for pattern in (r"(?<![\w.])torch\.load\(", r"import (c?pickle|dill|joblib)", r"from (c?pickle|dill|joblib)", r"pickle\.(loads?|Unpickler)\b", r"weights_only"):
             assert not re.search(pattern, text), f"{src.name} matches {pattern}"
+
+
+def test_serialization_is_deterministic(model: Model) -> None:
+    """Equal models give equal bytes (safetensors' own metadata order varies per call)."""
+    from coinpp_pipeline.checkpoints import serialize
+
+    tensors = {"b": torch.arange(3.0), "a": np.ones((2, 2), np.int64)}
+    outs = {serialize(tensors, {"x": 1, "y": [1, 2]}) for _ in range(25)}
+    assert len(outs) == 1
+    fresh = Model.from_bytes(model.to_bytes())
+    fresh._bytes = None  # force a re-serialisation
+    assert fresh.to_bytes() == model.to_bytes()
