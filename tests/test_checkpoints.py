@@ -163,7 +163,7 @@ def test_serialization_is_deterministic(model: Model) -> None:
     """Equal models give equal bytes (safetensors' own metadata order varies per call)."""
     from coinpp_pipeline.checkpoints import serialize
 
-    tensors = {"b": torch.arange(3.0), "a": np.ones((2, 2), np.int64)}
+    tensors: dict[str, torch.Tensor | np.ndarray] = {"b": torch.arange(3.0), "a": np.ones((2, 2), np.int64)}
     outs = {serialize(tensors, {"x": 1, "y": [1, 2]}) for _ in range(25)}
     assert len(outs) == 1
     fresh = Model.from_bytes(model.to_bytes())

@@ -82,12 +82,14 @@ def test_second_order_gradients_reach_the_base_network() -> None:
     from coinpp_pipeline.network import ModulatedSiren
 
     net = ModulatedSiren(CFG)
+    weight = net.hidden[0].weight
+    assert isinstance(weight, torch.Tensor)
     coords = torch.rand(1, 16, 2) * 2 - 1
     target, mask = torch.randn(2, 16, 1), torch.ones(2, 16, dtype=torch.bool)
     z2 = fit_latents(net, coords, target, mask, 2, mode="second")
-    (g2,) = torch.autograd.grad(z2.sum(), net.hidden[0].weight, allow_unused=True)
+    (g2,) = torch.autograd.grad(z2.sum(), weight, allow_unused=True)
     z1 = fit_latents(net, coords, target, mask, 2, mode="first")
-    (g1,) = torch.autograd.grad(z1.sum(), net.hidden[0].weight, allow_unused=True)
+    (g1,) = torch.autograd.grad(z1.sum(), weight, allow_unused=True)
     assert g2 is not None and g2.abs().sum() > 0
     assert g1 is None or g1.abs().sum() == 0
     assert not fit_latents(net, coords, target, mask, 2, mode="encode").requires_grad

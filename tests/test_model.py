@@ -75,7 +75,7 @@ def test_all_nan_chunk(m2d: Model) -> None:
 @pytest.mark.parametrize("value", [0.0, 273.15, -1e30, 1e-40])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_constant_chunk_is_exact(m2d: Model, value: float, dtype: type) -> None:
-    a = np.full((2, 17, 23), value, dtype)
+    a: np.ndarray = np.full((2, 17, 23), value, dtype)
     out, st = roundtrip(m2d, a)
     np.testing.assert_array_equal(out, a)
     assert st.nbytes < 64
