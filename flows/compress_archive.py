@@ -77,6 +77,11 @@ def encode_regions(job: ArchiveJob, regions: list[Region], verify: bool) -> list
     return results
 
 
+def _absolute(url: str) -> str:
+    """Local paths become absolute, so the codec configuration works from any directory."""
+    return url if "://" in url else str(Path(url).resolve())
+
+
 def _runner(runner: str, max_workers: int, dask_address: str | None) -> Any:
     if runner == "dask":
         from prefect_dask import DaskTaskRunner
@@ -115,7 +120,8 @@ def compress_archive(
 
     ``model``: a model URL for every variable, or ``{variable: URL}``; when None (or a variable
     is missing), a model is meta-trained first (subflow ``meta-train``, ``train_steps`` steps)
-    and written to ``model_dir`` (default: beside the store, ``<target>.models/``).
+    and written to ``model_dir`` as ``<sha256>.coinpp`` (default: beside the store,
+    ``<target>.models/``; put that directory on ``COINPP_MODEL_PATH`` for readers).
     Codec parameters: ``steps`` (inner steps), ``max_abs_error`` / ``rel_error`` (error bound).
     Returns per-variable statistics (raw bytes, stored bytes, ratio, PSNR, max abs error).
     """
@@ -123,10 +129,11 @@ def compress_archive(
     sources = list_sources(source, source_storage_options)
     logger.info("%d source file(s) for %s", len(sources), target)
     models = dict(model) if isinstance(model, dict) else {v: model for v in variables if model}
-    model_dir = (model_dir or target.rstrip("/") + ".models").rstrip("/")
+    model_dir = _absolute((model_dir or target.rstrip("/") + ".models").rstrip("/"))
+    models = {v: _absolute(u) for v, u in models.items()}
     for v in variables:
         if not models.get(v):
-            out = meta_train_flow(source=sources, variable=v, output=f"{model_dir}/{v}.coinpp",
+            out = meta_train_flow(source=sources, variable=v, output=f"{model_dir}/",
                                   architecture=architecture, steps=train_steps, time_dim=time_dim,
                                   storage_options=storage_options)
             models[v] = out["url"]

@@ -65,7 +65,8 @@ def meta_train_flow(
 ) -> dict[str, Any]:
     """Meta-train on ``variable`` of the archive at ``source``; write the model to ``output``.
 
-    ``output``: model URL (any fsspec URL). ``architecture``: :class:`ModelConfig` fields
+    ``output``: model URL (any fsspec URL); ending in ``/``: a directory, the file is named
+    ``<sha256>.coinpp`` (the name ``COINPP_MODEL_PATH`` lookups expect). ``architecture``: :class:`ModelConfig` fields
     (default: a lat/lon model for 1° global fields). Returns ``{"sha256", "url", ...}``.
     """
     logger = get_run_logger()
@@ -79,10 +80,13 @@ def meta_train_flow(
     def on_val(step: int, m: dict[str, float]) -> None:
         logger.info("step %d/%d  loss %.5f  validation %.2f dB (normalised)", step, steps, m["train_loss"], m["val_psnr"])
 
-    model = _meta_train(data, cfg, tcfg, callback=on_val, checkpoint_url=output + ".ckpt",
+    work = output.rstrip("/") + f"/{variable}" if output.endswith("/") else output
+    model = _meta_train(data, cfg, tcfg, callback=on_val, checkpoint_url=work + ".ckpt",
                         checkpoint_every=checkpoint_every)
+    if output.endswith("/"):
+        output = f"{output}{model.sha256}.coinpp"
     sha = model.save(output, **(storage_options or {}))
-    curve = learning_curve_png(model.report, output + ".curve.png", storage_options or {})
+    curve = learning_curve_png(model.report, work + ".curve.png", storage_options or {})
     key = artifact_key(f"meta-train-{variable}")
     create_table_artifact(
         [{k: round(v, 5) for k, v in h.items()} for h in model.report.get("history", [])],
