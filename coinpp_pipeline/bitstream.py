@@ -34,7 +34,8 @@ from .errors import BitstreamError
 MAGIC = b"CNPP"
 FORMAT_VERSION = 1
 MAX_NDIM = 32
-MAX_ELEMENTS = 1 << 31
+#: Largest chunk (elements) written or read: 2^28 values = 1 GiB of float32.
+MAX_ELEMENTS = 1 << 28
 MODEL_ID_BYTES = 8
 DTYPES: tuple[str, ...] = (
     "<f4", "<f8", "<f2", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8",
@@ -104,6 +105,10 @@ def pack(chunk: Chunk) -> bytes:
     """Serialise a :class:`Chunk` to bytes (header, sections, CRC32)."""
     if len(chunk.model_id) != MODEL_ID_BYTES:
         raise ValueError("model_id must be 8 bytes")
+    if math.prod(chunk.shape) > MAX_ELEMENTS:
+        raise ValueError(
+            f"chunk of shape {chunk.shape} has more than {MAX_ELEMENTS} elements; use smaller chunks"
+        )
     out = bytearray(MAGIC)
     out += bytes([FORMAT_VERSION, 0, dtype_code(chunk.dtype), len(chunk.shape)])
     for s in chunk.shape:

@@ -171,6 +171,8 @@ class Model:
             raise NotFittedError("model has no quantizer/entropy model: meta-train or load one")
         a = np.ascontiguousarray(array)
         _check_dtype(a.dtype)
+        if a.size > bitstream.MAX_ELEMENTS:
+            raise ValueError(f"array of {a.size} values exceeds the chunk limit of {bitstream.MAX_ELEMENTS}; use smaller chunks")
         if a.dtype.kind == "f" and np.isinf(a).any():
             raise ValueError("array holds infinite values, which coinpp cannot encode; mask them as NaN")
         if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error > 0):
@@ -218,21 +220,29 @@ class Model:
         invalid = None
         if "M" in chunk.sections:
             invalid = bitstream.unpack_mask(chunk.sections["M"], full)
+        dtype = chunk.dtype
+        if invalid is not None and dtype.kind != "f":
+            raise BitstreamError("integer chunk cannot carry a mask of missing values")
         if "K" in chunk.sections:
             if len(chunk.sections["K"]) != 8:
                 raise BitstreamError("constant section must hold 8 bytes")
-            out = np.full(full, struct.unpack("<d", chunk.sections["K"])[0], np.float64)
-        elif "L" in chunk.sections:
+            value = struct.unpack("<d", chunk.sections["K"])[0]
+            if dtype.kind in "iu":
+                info = np.iinfo(dtype)
+                value = float(np.clip(np.rint(value), info.min, info.max))
+            # Allocated directly in the output dtype: no float64 copy of a large constant chunk.
+            const = np.full(full, value, dtype=dtype)
+            if invalid is not None:
+                const[invalid] = np.nan
+            return const.reshape(chunk.shape)
+        if "L" in chunk.sections:
             symbols = self.entropy.decompress(chunk.sections["L"], b * layout.n_patches)
             out = self.synthesize(self.quantizer.dequantize(symbols), layout)
             if "R" in chunk.sections:
                 out = out + _decode_residual(chunk.sections["R"], full)
         else:
             raise BitstreamError("chunk has neither latents nor a constant section")
-        dtype = chunk.dtype
         if invalid is not None:
-            if dtype.kind != "f":
-                raise BitstreamError("integer chunk cannot carry a mask of missing values")
             out[invalid] = np.nan
         if dtype.kind in "iu":
             info = np.iinfo(dtype)
