@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Prefect runs the flows on a temporary local server (no analytics: no network here).
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+
 demo: $(STAMP)
 	$(VENV)/bin/python -m coinpp_pipeline quickstart
 
