@@ -133,6 +133,12 @@ def decode_bytes(model: Model, data: bytes) -> np.ndarray:
         return model.decode(data)
 
 
+def decode_many_bytes(model: Model, blobs: list[bytes]) -> list[np.ndarray]:
+    """Several chunks at once: chunks of one layout share batched forward passes."""
+    with torch_section(inference=True):
+        return model.decode_many(blobs)
+
+
 def validate_params(
     model: str, model_url: str | None, steps: int | None, max_abs_error: float | None, rel_error: float | None
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 import constriction
@@ -14,7 +15,14 @@ import torch
 
 from . import bitstream, checkpoints
 from .config import ModelConfig
-from .coordinates import PatchLayout, patch_coordinates, patchify, split_items, split_shape, unpatchify
+from .coordinates import (
+    PatchLayout,
+    patch_coordinates,
+    patchify,
+    split_items,
+    split_shape,
+    unpatchify,
+)
 from .entropy import EntropyModel
 from .errors import BitstreamError, ModelMismatchError, NotFittedError
 from .metalearning import fit_latents, pick_device
@@ -200,8 +208,41 @@ class Model:
 
     def decode(self, data: bytes | bytearray | memoryview) -> np.ndarray:
         """Chunk bytes -> the array (same shape and dtype as encoded)."""
+        return self.decode_many([data])[0]
+
+    def decode_many(self, blobs: Sequence[bytes | bytearray | memoryview]) -> list[np.ndarray]:
+        """Decode several chunks; chunks with the same layout share batched forward passes.
+
+        Every chunk is parsed and verified before any network work starts.
+        """
         if self.quantizer is None or self.entropy is None:
             raise NotFittedError("model has no quantizer/entropy model: meta-train or load one")
+        parsed = [self._parse(b) for b in blobs]
+        results: list[np.ndarray | None] = [None] * len(parsed)
+        groups: dict[PatchLayout, list[int]] = {}
+        for i, p in enumerate(parsed):
+            if "K" in p.chunk.sections:
+                results[i] = p.constant()
+            elif "L" in p.chunk.sections:
+                groups.setdefault(p.layout, []).append(i)
+            else:
+                raise BitstreamError("chunk has neither latents nor a constant section")
+        for layout, idxs in groups.items():
+            latents = [
+                self.quantizer.dequantize(
+                    self.entropy.decompress(parsed[i].chunk.sections["L"], parsed[i].items * layout.n_patches)
+                )
+                for i in idxs
+            ]
+            values = self.synthesize(np.concatenate(latents), layout)
+            offset = 0
+            for i in idxs:
+                p = parsed[i]
+                results[i] = p.finish(values[offset : offset + p.items])
+                offset += p.items
+        return [r for r in results if r is not None]
+
+    def _parse(self, data: bytes | bytearray | memoryview) -> _Parsed:
         chunk = bitstream.unpack(data)
         if chunk.model_id != self.model_id:
             raise ModelMismatchError(
@@ -220,34 +261,44 @@ class Model:
         invalid = None
         if "M" in chunk.sections:
             invalid = bitstream.unpack_mask(chunk.sections["M"], full)
-        dtype = chunk.dtype
-        if invalid is not None and dtype.kind != "f":
-            raise BitstreamError("integer chunk cannot carry a mask of missing values")
-        if "K" in chunk.sections:
-            if len(chunk.sections["K"]) != 8:
-                raise BitstreamError("constant section must hold 8 bytes")
-            value = struct.unpack("<d", chunk.sections["K"])[0]
-            if dtype.kind in "iu":
-                info = np.iinfo(dtype)
-                value = float(np.clip(np.rint(value), info.min, info.max))
-            # Allocated directly in the output dtype: no float64 copy of a large constant chunk.
-            const = np.full(full, value, dtype=dtype)
-            if invalid is not None:
-                const[invalid] = np.nan
-            return const.reshape(chunk.shape)
-        if "L" in chunk.sections:
-            symbols = self.entropy.decompress(chunk.sections["L"], b * layout.n_patches)
-            out = self.synthesize(self.quantizer.dequantize(symbols), layout)
-            if "R" in chunk.sections:
-                out = out + _decode_residual(chunk.sections["R"], full)
-        else:
-            raise BitstreamError("chunk has neither latents nor a constant section")
-        if invalid is not None:
-            out[invalid] = np.nan
+            if chunk.dtype.kind != "f":
+                raise BitstreamError("integer chunk cannot carry a mask of missing values")
+        return _Parsed(chunk, layout, b, full, invalid)
+
+
+class _Parsed:
+    """A verified chunk waiting for its network output."""
+
+    def __init__(self, chunk: bitstream.Chunk, layout: PatchLayout, items: int,
+                 full: tuple[int, ...], invalid: np.ndarray | None) -> None:
+        self.chunk, self.layout, self.items, self.full, self.invalid = chunk, layout, items, full, invalid
+
+    def constant(self) -> np.ndarray:
+        payload, dtype = self.chunk.sections["K"], self.chunk.dtype
+        if len(payload) != 8:
+            raise BitstreamError("constant section must hold 8 bytes")
+        value = struct.unpack("<d", payload)[0]
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            value = float(np.clip(np.rint(value), info.min, info.max))
+        # Allocated directly in the output dtype: no float64 copy of a large constant chunk.
+        out = np.full(self.full, value, dtype=dtype)
+        if self.invalid is not None:
+            out[self.invalid] = np.nan
+        return out.reshape(self.chunk.shape)
+
+    def finish(self, values: np.ndarray) -> np.ndarray:
+        """Network output ``(B, *S, C)`` float64 -> the stored array."""
+        out = values
+        if "R" in self.chunk.sections:
+            out = out + _decode_residual(self.chunk.sections["R"], self.full)
+        if self.invalid is not None:
+            out = np.where(self.invalid, np.nan, out)
+        dtype = self.chunk.dtype
         if dtype.kind in "iu":
             info = np.iinfo(dtype)
             out = np.clip(np.rint(out), info.min, info.max)
-        return out.astype(dtype).reshape(chunk.shape)
+        return out.astype(dtype).reshape(self.chunk.shape)
 
 
 def _stable(report: dict[str, Any]) -> dict[str, Any]:

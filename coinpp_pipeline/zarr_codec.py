@@ -14,8 +14,10 @@ the codec through the ``zarr.codecs`` entry point) and the model (see
 models are found by hash in the process registry, ``COINPP_MODEL_PATH`` or ``model_url``.
 
 Batches: zarr hands the codec ``codec_pipeline.batch_size`` chunks at a time (default 1);
-:meth:`COINppZarrCodec.decode`/``encode`` process a whole batch in one worker thread, taking
-the torch lock once per chunk (see :func:`coinpp_pipeline.codec.torch_section`).
+:meth:`COINppZarrCodec.decode` decodes a whole batch in one worker thread with
+:meth:`Model.decode_many`, so the patches of all chunks of one layout share batched forward
+passes; ``encode`` handles a batch in one thread, chunk by chunk (see
+:func:`coinpp_pipeline.codec.torch_section`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import JSON, parse_named_configuration
 
-from .codec import decode_bytes, encode_array, validate_params
+from .codec import decode_bytes, decode_many_bytes, encode_array, validate_params
 from .model import Model
 from .resolve import register_model, resolve_model
 
@@ -93,7 +95,10 @@ class COINppZarrCodec(ArrayBytesCodec):
 
     # ------------------------------------------------------------------ sync work
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        arr = decode_bytes(self._model(), chunk_bytes.to_bytes())
+        return self._wrap(decode_bytes(self._model(), chunk_bytes.to_bytes()), chunk_spec)
+
+    @staticmethod
+    def _wrap(arr: np.ndarray, chunk_spec: ArraySpec) -> NDBuffer:
         want = chunk_spec.dtype.to_native_dtype()
         if arr.shape != tuple(chunk_spec.shape):
             raise ValueError(
@@ -109,7 +114,12 @@ class COINppZarrCodec(ArrayBytesCodec):
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     def _decode_many(self, items: list[tuple[Buffer | None, ArraySpec]]) -> list[NDBuffer | None]:
-        return [None if b is None else self._decode_sync(b, s) for b, s in items]
+        present = [i for i, (b, _) in enumerate(items) if b is not None]
+        arrays = decode_many_bytes(self._model(), [items[i][0].to_bytes() for i in present])  # type: ignore[union-attr]
+        out: list[NDBuffer | None] = [None] * len(items)
+        for i, arr in zip(present, arrays, strict=True):
+            out[i] = self._wrap(arr, items[i][1])
+        return out
 
     def _encode_many(self, items: list[tuple[NDBuffer | None, ArraySpec]]) -> list[Buffer | None]:
         return [None if a is None else self._encode_sync(a, s) for a, s in items]

@@ -253,3 +253,26 @@ def test_training_data_roundtrip(m2d: Model) -> None:
     a = training_data("era5-regular")
     out, st = roundtrip(m2d, a)
     assert st.rmse < float(a.std())
+
+
+def test_decode_many_matches_single_decodes(m2d: Model) -> None:
+    """Batched decoding (chunks of one layout share forward passes) equals chunk-by-chunk."""
+    a = _t2m_test()
+    holes = a.copy()
+    holes[0, :5, :7] = np.nan
+    blobs = [
+        m2d.encode(a),  # (2, 40, 56)
+        m2d.encode(a[1]),  # same layout, one item
+        m2d.encode(a[:, :20, :30]),  # another layout
+        m2d.encode(np.full((3, 8, 8), 5.0, np.float32)),  # constant: no network
+        m2d.encode(holes, max_abs_error=0.5),  # mask + residual
+        m2d.encode(a[0].astype(np.float64)),
+    ]
+    many = m2d.decode_many(blobs)
+    assert len(many) == len(blobs)
+    for blob, got in zip(blobs, many, strict=True):
+        single = m2d.decode(blob)
+        assert got.shape == single.shape and got.dtype == single.dtype
+        np.testing.assert_allclose(got, single, rtol=0, atol=1e-4, equal_nan=True)
+    assert np.isnan(many[4][0, :5, :7]).all()
+    assert np.nanmax(np.abs(many[4] - holes)) <= 0.5
