@@ -36,7 +36,7 @@ DECODE_BUDGET = 1 << 24
 MAX_RESIDUAL_SYMBOL = 1 << 24
 #: Share of the error bound kept back for floating-point differences between the encoder's
 #: and a decoder's forward pass (threads, batch sizes, CPU vs GPU).
-BOUND_MARGIN = 1.0 / 16.0
+BOUND_MARGIN = 1.0 / 256.0
 
 
 def _check_dtype(dtype: np.dtype) -> None:
