@@ -190,7 +190,9 @@ def _read_items(job: ArchiveJob, start: int, stop: int, variables: list[str] | N
 
 
 def _progress(job: ArchiveJob, mode: str = "r+") -> zarr.Group:
-    root = zarr.open_group(job.target, mode=mode, storage_options=job.storage_options or None, zarr_format=job.zarr_format)
+    # Not from consolidated metadata (v2): it predates the progress group and would hide it.
+    root = zarr.open_group(job.target, mode=mode, storage_options=job.storage_options or None,
+                           zarr_format=job.zarr_format, use_consolidated=False)
     return root.require_group(PROGRESS_GROUP)
 
 
@@ -380,7 +382,7 @@ def finalize_store(job: ArchiveJob, results: list[RegionResult]) -> dict[str, di
         }
     })
     if job.zarr_format == 2:
-        zarr.consolidate_metadata(job.target, storage_options=job.storage_options or None)
+        zarr.consolidate_metadata(root.store, zarr_format=2)  # takes a store, not storage_options
     stats: dict[str, dict[str, float]] = {}
     for v in job.variables:
         rs = [r for r in results if r.var == v]
