@@ -339,8 +339,9 @@ def with_bits(model: Model, train_data: np.ndarray, bits: int) -> Model:
 def _encode_residual(
     x: np.ndarray, pred: np.ndarray, valid: np.ndarray, bound: float, dtype: np.dtype
 ) -> bytes:
-    """Quantize ``x - pred`` with bin width ``2·(bound - margin)``; entropy-code with a
-    quantized Laplace model. Layout: varint R, float64 bin, float32 scale, u32 words."""
+    """Quantize ``x - pred`` with bin width ``2·(bound - margin)`` to integers ``q``, pick the
+    cheapest transform of ``q`` (:data:`RESIDUAL_MODES`) and entropy-code it with a quantized
+    Laplace model. Layout: varint rmax, u8 mode, f64 bin width, f32 scale, u32 words."""
     # Decoders may differ from the encoder's prediction by a few float32 ulps of the network
     # output (threads, batch sizes, devices); that drift scales with |pred|, not only |x|.
     # Float outputs are also rounded to the array's dtype (float16 ulps are coarse).
@@ -368,26 +369,72 @@ def _encode_residual(
     width = 2.0 * half
     r = np.where(valid, x - pred, 0.0)
     q = np.rint(r / width).astype(np.int64)
-    rmax = int(np.abs(q).max(initial=0))
-    if rmax > MAX_RESIDUAL_SYMBOL:
+    if int(np.abs(q).max(initial=0)) > MAX_RESIDUAL_SYMBOL:
         raise ValueError(
-            f"max_abs_error {bound:g} is too small for this data (residual needs {rmax} levels); "
-            "raise the bound or store this array losslessly"
+            f"max_abs_error {bound:g} is too small for this data (residual needs more than "
+            f"{MAX_RESIDUAL_SYMBOL} levels); raise the bound or store this array losslessly"
         )
-    scale = float(max(np.abs(q).mean(), 0.05))
-    head = bitstream._varint(rmax) + struct.pack("<df", width, scale)
+    # The residual of a neural fit stays spatially correlated: code the cheapest of the plain
+    # symbols and their differences along the last spatial axis or both last two (Lorenzo).
+    candidates = [_residual_transform(q, mode) for mode in range(len(RESIDUAL_MODES))]
+    costs = [_laplace_bits(d) for d in candidates]
+    mode = int(np.argmin(costs))
+    d = candidates[mode]
+    rmax = int(np.abs(d).max(initial=0))
+    scale = _laplace_scale(d)
+    head = bitstream._varint(rmax) + struct.pack("<Bdf", mode, width, scale)
     if rmax == 0:
         return head
     enc = constriction.stream.queue.RangeEncoder()
     family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
-    enc.encode(q.reshape(-1).astype(np.int32), family, np.zeros(q.size), np.full(q.size, np.float32(scale), np.float64))
+    enc.encode(d.reshape(-1).astype(np.int32), family, np.zeros(d.size), np.full(d.size, np.float32(scale), np.float64))
     return head + enc.get_compressed().astype("<u4").tobytes()
+
+
+#: Residual transforms: 0 plain, 1 difference along the last spatial axis, 2 Lorenzo (last two).
+RESIDUAL_MODES = ("plain", "left", "lorenzo")
+
+
+def _residual_transform(q: np.ndarray, mode: int) -> np.ndarray:
+    """``q (B, *S, C)`` int64 -> symbols to code (invertible with exact integer sums)."""
+    if mode == 0:
+        return q
+    d = np.diff(q, axis=-2, prepend=0)
+    if mode == 2 and q.ndim >= 4:
+        d = np.diff(d, axis=-3, prepend=0)
+    return d
+
+
+def _residual_inverse(d: np.ndarray, mode: int) -> np.ndarray:
+    if mode == 0:
+        return d
+    q = np.cumsum(d, axis=-2)
+    if mode == 2 and d.ndim >= 4:
+        q = np.cumsum(q, axis=-3)
+    return q
+
+
+def _laplace_scale(d: np.ndarray) -> float:
+    return float(np.float32(max(np.abs(d).mean(), 0.05)))
+
+
+def _laplace_bits(d: np.ndarray) -> float:
+    """Ideal code length (bits) of integer symbols under a zero-mean quantized Laplace."""
+    b = _laplace_scale(d)
+    a = np.abs(d).astype(np.float64)
+    # P(0) = 1 - e^{-1/(2b)}; P(k) = e^{-|k|/b} sinh(1/(2b)) for k != 0
+    p0 = -np.expm1(-0.5 / b)
+    pk = np.exp(-a / b) * np.sinh(0.5 / b)
+    p = np.where(a == 0, p0, pk)
+    return float(-np.log2(np.maximum(p, 1e-300)).sum())
 
 
 def _decode_residual(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     r = bitstream._Reader(payload)
-    rmax = r.varint("residual range", MAX_RESIDUAL_SYMBOL)
-    width, scale = struct.unpack("<df", r.take(12, "residual parameters"))
+    rmax = r.varint("residual range", 4 * MAX_RESIDUAL_SYMBOL)
+    mode, width, scale = struct.unpack("<Bdf", r.take(13, "residual parameters"))
+    if mode >= len(RESIDUAL_MODES):
+        raise BitstreamError(f"unknown residual mode {mode}")
     if not (math.isfinite(width) and width > 0 and math.isfinite(scale) and scale > 0):
         raise BitstreamError("residual section has invalid parameters")
     n = math.prod(shape)
@@ -399,7 +446,8 @@ def _decode_residual(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     try:
         dec = constriction.stream.queue.RangeDecoder(np.frombuffer(rest, "<u4").astype(np.uint32))
         family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
-        q = dec.decode(family, np.zeros(n), np.full(n, np.float32(scale), np.float64))
+        d = dec.decode(family, np.zeros(n), np.full(n, np.float32(scale), np.float64))
     except Exception as exc:
         raise BitstreamError(f"residual payload cannot be decoded: {exc}") from exc
-    return (np.asarray(q, np.float64) * width).reshape(shape)
+    q = _residual_inverse(np.asarray(d, np.int64).reshape(shape), mode)
+    return q.astype(np.float64) * width
