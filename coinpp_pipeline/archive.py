@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import math
 import posixpath
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 import dask.array as da
 import fsspec
@@ -34,78 +33,10 @@ import zarr
 from . import __version__
 from .codec import COINppCodec
 from .resolve import resolve_model
+from .sources import SourceError, index_source, open_source
 from .zarr_codec import COINppZarrCodec
 
 PROGRESS_GROUP = "_coinpp"
-NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-class SourceError(ValueError):
-    """A source file cannot be read or does not match the rest of the archive."""
-
-
-# ------------------------------------------------------------------------------ sources
-def list_sources(source: str | Sequence[str], storage_options: dict | None = None) -> list[str]:
-    """Expand a glob, a directory or a list of URLs (any fsspec protocol) to sorted URLs."""
-    urls = [source] if isinstance(source, str) else list(source)
-    out: list[str] = []
-    for url in urls:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        proto = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-        prefix = "" if proto in ("file", "local") else f"{proto}://"
-        if path.rstrip("/").endswith(".zarr") and fs.isdir(path):
-            out.append(prefix + path.rstrip("/"))
-            continue
-        if fs.isdir(path):
-            hits = [p for p in fs.ls(path, detail=False) if p.endswith(NETCDF_SUFFIXES + NIFTI_SUFFIXES + (".zarr",))]
-        else:
-            hits = fs.glob(path)
-        out += [prefix + h for h in sorted(hits)]
-    if not out:
-        raise SourceError(f"no source files found for {source!r}")
-    return out
-
-
-def open_source(url: str, storage_options: dict | None = None) -> xr.Dataset:
-    """Open one source as an in-memory ``xr.Dataset``; :class:`SourceError` names the file."""
-    try:
-        if url.rstrip("/").endswith(".zarr"):
-            return xr.open_zarr(url, storage_options=storage_options).load()
-        if url.endswith(NIFTI_SUFFIXES):
-            return _open_nifti(url, storage_options)
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            with xr.open_dataset(f, engine="h5netcdf") as ds:
-                return ds.load()
-    except SourceError:
-        raise
-    except Exception as exc:
-        raise SourceError(f"cannot read source file {url}: {type(exc).__name__}: {exc}") from exc
-
-
-def _open_nifti(url: str, storage_options: dict | None) -> xr.Dataset:
-    import gzip
-    import io
-
-    import nibabel
-
-    with fsspec.open(url, "rb", **(storage_options or {})) as f:
-        raw = f.read()
-    if url.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    img = nibabel.Nifti1Image.from_bytes(raw) if raw[344:348] in (b"n+1\x00", b"ni1\x00") else None
-    if img is None:
-        img = nibabel.load(io.BytesIO(raw))  # pragma: no cover - other NIfTI flavours
-    data = np.asarray(img.dataobj)
-    if data.ndim == 3:
-        data = data[..., None]
-    # NIfTI stores (x, y, z, t): items first for the codec.
-    arr = np.moveaxis(data, -1, 0)
-    return xr.Dataset(
-        {"image": (("time", "x", "y", "z"), arr)},
-        coords={"time": np.arange(arr.shape[0])},
-        attrs={"source_format": "NIfTI-1", "affine": img.affine.tolist()},
-    )
 
 
 # ------------------------------------------------------------------------------ planning
@@ -149,27 +80,25 @@ class ArchiveJob:
 
 
 def plan_archive(job: ArchiveJob) -> ArchiveJob:
-    """Index the sources: items per file along ``time_dim``; check the variables exist."""
-    times = []
-    first: xr.Dataset | None = None
+    """Index the sources (metadata and time coordinates only): items per file; check that
+    every file has the variables, starting with ``time_dim``, with one item shape. A bad
+    file fails here, naming it, before the store is touched."""
+    counts: list[int] = []
+    shapes: dict[str, tuple[int, ...]] = {}
     for url in job.sources:
-        ds = open_source(url, job.source_storage_options)
-        missing = [v for v in job.variables if v not in ds]
-        if missing:
-            raise SourceError(f"source file {url} lacks variable(s) {missing}")
-        for v in job.variables:
-            if ds[v].dims[0] != job.time_dim:
+        times, info = index_source(url, job.variables, job.time_dim, job.source_storage_options)
+        for v, (dims, shape) in info.items():
+            if not dims or dims[0] != job.time_dim:
                 raise SourceError(f"variable {v} in {url} does not start with dimension {job.time_dim!r}")
-            if first is not None and ds[v].shape[1:] != first[v].shape[1:]:
-                raise SourceError(f"variable {v} in {url} has shape {ds[v].shape}, unlike the first file")
-        first = first or ds
-        times.append(int(ds.sizes[job.time_dim]))
-    job.file_times = times
+            if shapes.setdefault(v, shape[1:]) != shape[1:]:
+                raise SourceError(f"variable {v} in {url} has item shape {shape[1:]}, unlike {shapes[v]} in the first file")
+        counts.append(len(times))
+    job.file_times = counts
     return job
 
 
 def _encoding(job: ArchiveJob, var: str, shape: tuple[int, ...]) -> dict[str, Any]:
-    params = {"model": job.model_hashes[var], "model_url": job.models[var], "steps": job.steps,
+    params: dict[str, Any] = {"model": job.model_hashes[var], "model_url": job.models[var], "steps": job.steps,
               "max_abs_error": job.max_abs_error, "rel_error": job.rel_error}
     chunks = (job.time_chunk, *shape[1:])
     if job.zarr_format == 2:
@@ -183,16 +112,16 @@ def _read_items(job: ArchiveJob, start: int, stop: int, variables: list[str] | N
     for url, n in zip(job.sources, job.file_times, strict=True):
         lo, hi = max(start - offset, 0), min(stop - offset, n)
         if lo < hi:
-            ds = open_source(url, job.source_storage_options)[variables or job.variables]
-            parts.append(ds.isel({job.time_dim: slice(lo, hi)}))
+            parts.append(open_source(url, job.source_storage_options, variables or job.variables,
+                                     slice(lo, hi), job.time_dim))
         offset += n
     return xr.concat(parts, dim=job.time_dim) if len(parts) > 1 else parts[0]
 
 
-def _progress(job: ArchiveJob, mode: str = "r+") -> zarr.Group:
+def _progress(job: ArchiveJob, mode: Literal["r", "r+", "a"] = "r+") -> zarr.Group:
     # Not from consolidated metadata (v2): it predates the progress group and would hide it.
     root = zarr.open_group(job.target, mode=mode, storage_options=job.storage_options or None,
-                           zarr_format=job.zarr_format, use_consolidated=False)
+                           zarr_format=cast(Literal[2, 3], job.zarr_format), use_consolidated=False)
     return root.require_group(PROGRESS_GROUP)
 
 
@@ -243,23 +172,21 @@ def prepare_store(job: ArchiveJob) -> list[Region]:
     for v in job.variables:
         name = f"done_{v}"
         if name in group:
-            arr = group[name]
+            arr = _array(group, name)
             if arr.shape[0] < n:
                 arr.resize((n,))
         else:
             arr = group.create_array(name, shape=(n,), chunks=(1,), dtype="uint8", fill_value=0)
         done[v] = np.asarray(arr[:])
-    keyed = {}
-    for r in regions:
-        keyed.setdefault(r.var, []).append(r)
-    pending = []
-    for v, rs in keyed.items():
-        for r in rs:
-            flag = done[v][r.index] if r.index < len(done[v]) else 0
-            # A flag records the region's stop; a region that grew (archive appended) is redone.
-            if flag != _flag(r, job):
-                pending.append(r)
-    return pending
+    # A flag records the region's size: a region that grew (archive appended) is redone.
+    return [r for r in regions if (done[r.var][r.index] if r.index < len(done[r.var]) else 0) != _flag(r, job)]
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise SourceError(f"{name} in store {group.store} is a group, expected an array")
+    return node
 
 
 def _flag(region: Region, job: ArchiveJob) -> int:
@@ -268,7 +195,7 @@ def _flag(region: Region, job: ArchiveJob) -> int:
 
 
 def _read_times(job: ArchiveJob) -> np.ndarray:
-    vals = [np.asarray(open_source(u, job.source_storage_options)[job.time_dim].values) for u in job.sources]
+    vals = [index_source(u, job.variables, job.time_dim, job.source_storage_options)[0] for u in job.sources]
     return np.concatenate(vals)
 
 
@@ -344,7 +271,7 @@ def write_region(job: ArchiveJob, region: Region, verify: bool = True) -> Region
     res = RegionResult(region.var, region.index, region.stop - region.start, int(values.nbytes))
     if verify:
         store = zarr.open_group(job.target, mode="r", storage_options=job.storage_options or None)
-        back = np.asarray(store[region.var][region.start : region.stop])
+        back = np.asarray(_array(store, region.var)[region.start : region.stop])
         ok = np.isfinite(values)
         if not np.array_equal(ok, np.isfinite(back)):
             raise RuntimeError(f"verification failed for {region.var} items {region.start}-{region.stop}: missing-value mask differs")
@@ -353,7 +280,7 @@ def write_region(job: ArchiveJob, region: Region, verify: bool = True) -> Region
         res.max_abs_error = float(err.max(initial=0.0))
         if res.count:
             res.vmin, res.vmax = float(values[ok].min()), float(values[ok].max())
-    flags = _progress(job)[f"done_{region.var}"]
+    flags = _array(_progress(job), f"done_{region.var}")
     flags[region.index] = _flag(region, job)
     return res
 
@@ -404,5 +331,5 @@ def finalize_store(job: ArchiveJob, results: list[RegionResult]) -> dict[str, di
 
 def _item_bytes(job: ArchiveJob, var: str) -> int:
     store = zarr.open_group(job.target, mode="r", storage_options=job.storage_options or None)
-    arr = store[var]
+    arr = _array(store, var)
     return int(math.prod(arr.shape[1:]) * arr.dtype.itemsize)

@@ -31,12 +31,12 @@ from coinpp_pipeline.archive import (  # noqa: E402
     RegionResult,
     SourceError,
     finalize_store,
-    list_sources,
     plan_archive,
     prepare_store,
     write_region,
 )
 from coinpp_pipeline.resolve import allow_model_urls  # noqa: E402
+from coinpp_pipeline.sources import list_sources  # noqa: E402
 from coinpp_pipeline.training_report import artifact_key  # noqa: E402
 from flows.meta_train import meta_train_flow  # noqa: E402
 
@@ -71,7 +71,7 @@ def encode_regions(job: ArchiveJob, regions: list[Region], verify: bool) -> list
     for i, fut in enumerate(futures, 1):
         res = fut.result()
         results.append(res)
-        update_progress_artifact(progress, progress=100.0 * i / len(futures))
+        update_progress_artifact(progress, progress=100.0 * i / len(futures))  # type: ignore[arg-type]
         logger.info("[%d/%d] %s items %d-%d written", i, len(futures), res.var,
                     regions[i - 1].start, regions[i - 1].stop)
     return results

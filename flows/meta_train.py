@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # deployments r
 
 from coinpp_pipeline import ModelConfig, TrainConfig  # noqa: E402
 from coinpp_pipeline import meta_train as _meta_train  # noqa: E402
-from coinpp_pipeline.archive import list_sources, open_source  # noqa: E402
+from coinpp_pipeline.sources import list_sources, open_source  # noqa: E402
 from coinpp_pipeline.training_report import artifact_key, learning_curve_png, report_markdown  # noqa: E402
 
 ERA5_DEFAULT = {
@@ -37,9 +37,7 @@ def load_training_items(source: str | list[str], variable: str, time_dim: str,
     urls = list_sources(source, storage_options)
     arrays = []
     for url in urls:
-        ds = open_source(url, storage_options)
-        if variable not in ds:
-            raise ValueError(f"source file {url} has no variable {variable!r}")
+        ds = open_source(url, storage_options, variables=[variable])
         arrays.append(np.asarray(ds[variable].transpose(time_dim, ...).values))
     data = np.concatenate(arrays)
     return data[:max_items] if max_items else data
