@@ -3,14 +3,18 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch pinned exactly: the CPU wheel; a looser spec pulls a multi-GB CUDA build.
 	$(VENV)/bin/pip install --quiet torch==2.13.0
-	$(VENV)/bin/pip install --quiet -e '.[test,dask,bench]'
+	# constraints.txt: the exact versions last tested (no resolver backtracking).
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[test,dask,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check coinpp_pipeline flows tests benchmarks
 
 # Prefect runs the flows on a temporary local server (no analytics: no network here).
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
@@ -22,4 +26,4 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
-.PHONY: install demo test
+.PHONY: install lint demo test
