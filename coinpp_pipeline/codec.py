@@ -159,6 +159,28 @@ def validate_params(
             raise ValueError(f"{name} must be a positive finite number or None, got {v!r}")
 
 
+def codec_config(
+    model: str | Model,
+    model_url: str | None,
+    steps: int | None,
+    max_abs_error: float | None,
+    rel_error: float | None,
+) -> dict[str, Any]:
+    """Validated, normalised codec parameters (a :class:`Model` is registered in this process
+    and replaced by its sha256) — shared by the numcodecs and the zarr v3 codec."""
+    if isinstance(model, Model):
+        model = register_model(model)
+    model = model.lower() if isinstance(model, str) else model
+    validate_params(model, model_url, steps, max_abs_error, rel_error)
+    return {
+        "model": model,
+        "model_url": model_url,
+        "steps": steps,
+        "max_abs_error": None if max_abs_error is None else float(max_abs_error),
+        "rel_error": None if rel_error is None else float(rel_error),
+    }
+
+
 class COINppCodec(Codec):
     """numcodecs codec applying a meta-learned COIN++ model to whole chunks.
 
@@ -181,18 +203,9 @@ class COINppCodec(Codec):
         max_abs_error: float | None = None,
         rel_error: float | None = None,
     ) -> None:
-        loaded: Model | None = None
-        if isinstance(model, Model):
-            loaded = model
-            model = register_model(model)
-        model = model.lower() if isinstance(model, str) else model
-        validate_params(model, model_url, steps, max_abs_error, rel_error)
-        self.model = model
-        self.model_url = model_url
-        self.steps = steps
-        self.max_abs_error = None if max_abs_error is None else float(max_abs_error)
-        self.rel_error = None if rel_error is None else float(rel_error)
-        self._model: Model | None = loaded
+        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error).items():
+            setattr(self, key, value)
+        self._model: Model | None = model if isinstance(model, Model) else None
 
     # ------------------------------------------------------------------ state
     def __getstate__(self) -> dict[str, Any]:

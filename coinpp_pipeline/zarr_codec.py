@@ -32,9 +32,9 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import JSON, parse_named_configuration
 
-from .codec import decode_bytes, decode_many_bytes, encode_array, validate_params
+from .codec import codec_config, decode_bytes, decode_many_bytes, encode_array
 from .model import Model
-from .resolve import register_model, resolve_model
+from .resolve import resolve_model
 
 if TYPE_CHECKING:
     from typing import Self
@@ -65,15 +65,8 @@ class COINppZarrCodec(ArrayBytesCodec):
         max_abs_error: float | None = None,
         rel_error: float | None = None,
     ) -> None:
-        if isinstance(model, Model):
-            model = register_model(model)
-        model = model.lower() if isinstance(model, str) else model
-        validate_params(model, model_url, steps, max_abs_error, rel_error)
-        object.__setattr__(self, "model", model)
-        object.__setattr__(self, "model_url", model_url)
-        object.__setattr__(self, "steps", steps)
-        object.__setattr__(self, "max_abs_error", None if max_abs_error is None else float(max_abs_error))
-        object.__setattr__(self, "rel_error", None if rel_error is None else float(rel_error))
+        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error).items():
+            object.__setattr__(self, key, value)
 
     # ------------------------------------------------------------------ metadata
     @classmethod
