@@ -56,6 +56,8 @@ from .model import Model
 
 #: Environment variable listing directories (or fsspec URLs) holding ``<sha256>.coinpp`` files.
 MODEL_PATH_ENV = "COINPP_MODEL_PATH"
+#: Environment variable choosing the torch device of resolved models (default: cuda if present).
+DEVICE_ENV = "COINPP_DEVICE"
 #: Environment variable with comma-separated URL prefixes from which model files may be fetched.
 ALLOWED_URLS_ENV = "COINPP_ALLOWED_MODEL_URLS"
 #: Environment variable capping the size of a model file that will be read (bytes).
@@ -300,7 +302,8 @@ def resolve_model(
                 problems.append(str(exc))
                 continue
             if model is not None:
-                _cache[sha256] = model
+                # Decode on the GPU when there is one (COINPP_DEVICE=cpu|cuda|cuda:1 overrides).
+                _cache[sha256] = model.to(os.environ.get(DEVICE_ENV) or None)
                 return model
         if not model_search_path():
             searched.append(f"{MODEL_PATH_ENV} (not set)")

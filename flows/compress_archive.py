@@ -8,7 +8,9 @@ regions already flagged done are skipped; files added to the archive are appende
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -68,13 +70,28 @@ def encode_regions(job: ArchiveJob, regions: list[Region], verify: bool) -> list
     progress = create_progress_artifact(progress=0.0, description=f"regions written to {job.target}")
     futures = [write_region_task.submit(job, r, verify) for r in regions]
     results: list[RegionResult] = []
-    for i, fut in enumerate(futures, 1):
-        res = fut.result()
-        results.append(res)
-        update_progress_artifact(progress, progress=100.0 * i / len(futures))  # type: ignore[arg-type]
-        logger.info("[%d/%d] %s items %d-%d written", i, len(futures), res.var,
-                    regions[i - 1].start, regions[i - 1].stop)
+    with _terminal_bar(len(futures), f"compressing into {job.target}") as advance:
+        for i, fut in enumerate(futures, 1):
+            res = fut.result()
+            results.append(res)
+            update_progress_artifact(progress, progress=100.0 * i / len(futures))  # type: ignore[arg-type]
+            logger.info("[%d/%d] %s items %d-%d written", i, len(futures), res.var,
+                        regions[i - 1].start, regions[i - 1].stop)
+            advance()
     return results
+
+
+@contextlib.contextmanager
+def _terminal_bar(total: int, description: str) -> Iterator[Callable[[], None]]:
+    """A progress bar on an interactive terminal (rich, which Prefect ships); a no-op else."""
+    if not sys.stderr.isatty():
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        tid = bar.add_task(description, total=total)
+        yield lambda: bar.advance(tid)
 
 
 def _absolute(url: str) -> str:
@@ -154,10 +171,11 @@ def compress_archive(
     results = (encode_regions.with_options(task_runner=_runner(runner, max_workers, dask_address))(job, pending, verify)
                if pending else [])
     stats = finalize_store(job, results)
-    rows = [{"variable": v, **{k: (round(x, 4) if isinstance(x, float) else x) for k, x in s.items()}}
-            for v, s in stats.items()]
-    create_table_artifact(rows, key=artifact_key(f"compress-{Path(target).name}"),
-                          description=f"COIN++ compression of {len(sources)} file(s) into {target}")
+    for v, s in stats.items():
+        row = {"variable": v, "model": hashes[v], **{k: (round(x, 4) if isinstance(x, float) else x)
+                                                   for k, x in s.items()}}
+        create_table_artifact([row], key=artifact_key(f"compress-{Path(target).name}-{v}"),
+                              description=f"COIN++ compression of {v} ({len(sources)} file(s)) into {target}")
     md = [f"# compress-archive → `{target}`", "", f"{len(sources)} source file(s), "
           f"{job.total_items} items, {len(pending)} region(s) written this run.", "",
           "| variable | model | stored bytes | ratio | PSNR dB (written) | max abs error |", "|---|---|---|---|---|---|"]
