@@ -260,3 +260,44 @@ def test_fresh_process_without_model_fails_clearly(
     assert proc.returncode != 0
     assert "ModelFileError" in proc.stderr and model_env in proc.stderr
     assert "COINPP_MODEL_PATH" in proc.stderr
+
+
+NO_PACKAGE_READER = r"""
+import importlib.metadata as md, json, sys, warnings
+warnings.simplefilter("ignore")
+sys.modules["coinpp_pipeline"] = None  # this reader does not have the package installed
+_orig = md.entry_points
+def _keep(eps):
+    return md.EntryPoints([e for e in eps if not e.value.startswith("coinpp_pipeline")])
+def entry_points(**kw):
+    eps = _orig(**kw)
+    return _keep(eps) if kw else md.SelectableGroups({g: _keep(v) for g, v in eps.items()})
+md.entry_points = entry_points
+import zarr
+out = {}
+for name in sys.argv[1:]:
+    try:
+        zarr.open_array(name)[:]
+        out[name] = "read"
+    except Exception as exc:
+        out[name] = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def test_reader_without_the_package_gets_unknown_codec_error(
+    model_env: str, era5_small: np.ndarray, tmp_path: Path
+) -> None:
+    """What the README promises a reader who lacks ``coinpp-pipeline``: zarr's own
+    unknown-codec error naming ``coinpp`` (v3 and v2), never garbage."""
+    stores = []
+    for fmt in (3, 2):
+        url = str(tmp_path / f"v{fmt}.zarr")
+        _create(url, fmt, model_env, (1, 46, 90), (1, 46, 90))[:] = era5_small[:1]
+        stores.append(url)
+    proc = subprocess.run([sys.executable, "-c", NO_PACKAGE_READER, *stores], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for url in stores:
+        assert "UnknownCodecError" in got[url] and "coinpp" in got[url], got[url]
