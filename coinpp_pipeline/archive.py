@@ -13,7 +13,7 @@ can be written in parallel by any executor (the Prefect flow uses its task runne
 3. :func:`finalize_store` records provenance (model hashes, package version, source files,
    codec parameters) and returns per-variable statistics.
 
-Done-flags live in the store itself, in the zarr array ``_coinpp/done_<var>`` (one uint8
+Done-flags live in the store itself, in the zarr array ``_coinpp/done_<var>`` (one uint32
 chunk per region, so concurrent regions never write the same object).
 """
 
@@ -84,6 +84,7 @@ def plan_archive(job: ArchiveJob) -> ArchiveJob:
     every file has the variables, starting with ``time_dim``, with one item shape. A bad
     file fails here, naming it, before the store is touched."""
     counts: list[int] = []
+    all_times: list[np.ndarray] = []
     shapes: dict[str, tuple[int, ...]] = {}
     for url in job.sources:
         times, info = index_source(url, job.variables, job.time_dim, job.source_storage_options)
@@ -93,7 +94,9 @@ def plan_archive(job: ArchiveJob) -> ArchiveJob:
             if shapes.setdefault(v, shape[1:]) != shape[1:]:
                 raise SourceError(f"variable {v} in {url} has item shape {shape[1:]}, unlike {shapes[v]} in the first file")
         counts.append(len(times))
+        all_times.append(times)
     job.file_times = counts
+    job._times = np.concatenate(all_times)  # type: ignore[attr-defined]
     return job
 
 
@@ -176,7 +179,7 @@ def prepare_store(job: ArchiveJob) -> list[Region]:
             if arr.shape[0] < n:
                 arr.resize((n,))
         else:
-            arr = group.create_array(name, shape=(n,), chunks=(1,), dtype="uint8", fill_value=0)
+            arr = group.create_array(name, shape=(n,), chunks=(1,), dtype="uint32", fill_value=0)
         done[v] = np.asarray(arr[:])
     # A flag records the region's size: a region that grew (archive appended) is redone.
     return [r for r in regions if (done[r.var][r.index] if r.index < len(done[r.var]) else 0) != _flag(r, job)]
@@ -195,8 +198,13 @@ def _flag(region: Region, job: ArchiveJob) -> int:
 
 
 def _read_times(job: ArchiveJob) -> np.ndarray:
-    vals = [index_source(u, job.variables, job.time_dim, job.source_storage_options)[0] for u in job.sources]
-    return np.concatenate(vals)
+    """The sources' concatenated time values (indexed once by :func:`plan_archive`)."""
+    times = getattr(job, "_times", None)
+    if times is None:
+        times = np.concatenate([index_source(u, job.variables, job.time_dim, job.source_storage_options)[0]
+                                for u in job.sources])
+        job._times = times  # type: ignore[attr-defined]
+    return times
 
 
 def _codec_models(node: Any) -> list[str]:
