@@ -207,7 +207,7 @@ def meta_train(
     for step in range(first_step, train.steps + 1):
         idx = rng.integers(0, len(train_set), size=min(train.batch_size, len(train_set)))
         coords, values, mask = train_set.batch(idx, device)
-        mode = "first" if train.first_order else "second"
+        mode: Literal["first", "second"] = "first" if train.first_order else "second"
         z = fit_latents(net, coords, values, mask, config.inner_steps, mode=mode)
         loss = patch_mse(net(coords, z), values, mask).mean()
         for group in opt.param_groups:

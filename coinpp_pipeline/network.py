@@ -25,7 +25,9 @@ class ModulatedSiren(nn.Module):
         self.config = config
         c = config
         dims = [c.in_features] + [c.width] * (c.depth - 1)
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.hidden: list[nn.Linear] = nn.ModuleList(  # type: ignore[assignment]
+            nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
         self.last = nn.Linear(c.width, c.channels)
         self.to_modulations = nn.Linear(c.latent_dim, c.n_modulations)
         lr = torch.full((c.latent_dim,), float(c.inner_lr))

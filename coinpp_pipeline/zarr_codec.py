@@ -72,7 +72,7 @@ class COINppZarrCodec(ArrayBytesCodec):
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
         _, configuration = parse_named_configuration(data, "coinpp", require_configuration=True)
-        unknown = set(configuration) - set(_KEYS)
+        unknown = set(configuration or {}) - set(_KEYS)
         if unknown:
             raise ValueError(f"unknown coinpp codec configuration keys: {sorted(unknown)}")
         return cls(**configuration)  # type: ignore[arg-type]
@@ -99,7 +99,7 @@ class COINppZarrCodec(ArrayBytesCodec):
             )
         if arr.dtype != want:
             arr = arr.astype(want)
-        return chunk_spec.prototype.nd_buffer.from_ndarray_like(arr)
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(arr)  # type: ignore[arg-type]
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         arr = np.ascontiguousarray(chunk_array.as_numpy_array())

@@ -72,7 +72,7 @@ def meta_train_flow(
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, outer_lr=outer_lr, val_fraction=val_fraction,
                        first_order=first_order, seed=seed, device=device,
                        val_every=max(min(100, steps // 10), 1))
-    data = load_training_items(source, variable, time_dim, max_items, storage_options or {})
+    data: Any = load_training_items(source, variable, time_dim, max_items, storage_options or {})
     logger.info("meta-training %s on %d items of shape %s", variable, data.shape[0], data.shape[1:])
 
     def on_val(step: int, m: dict[str, float]) -> None:
