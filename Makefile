@@ -15,6 +15,7 @@ install: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check coinpp_pipeline flows tests benchmarks
+	$(VENV)/bin/mypy coinpp_pipeline flows
 
 # Prefect runs the flows on a temporary local server (no analytics: no network here).
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
