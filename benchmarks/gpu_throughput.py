@@ -1,0 +1,89 @@
+"""Throughput on the accelerator (or the CPU): meta-training steps/s, encode and decode MB/s.
+
+    python benchmarks/gpu_throughput.py                      # cuda when present, else CPU
+    python benchmarks/gpu_throughput.py --device cpu --seconds 20
+
+Sized to finish in well under 5 minutes on one GPU: a short timed meta-training run on the
+ERA5 sample (first 5 days), then encode/decode of the 7 held-out fields, repeated, after a
+warm-up. Prints one table; writes JSON to benchmarks/results/. The quality of the short run is
+not the point (see era5_core.py for that); throughput is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from coinpp_pipeline import ModelConfig, TrainConfig, meta_train
+from coinpp_pipeline.metalearning import pick_device
+from coinpp_pipeline.sources import SAMPLE_ERA5, expand, load_variable
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--steps", type=int, default=300, help="meta-training steps timed")
+    ap.add_argument("--batch", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--depth", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args(argv)
+    device = pick_device(args.device)
+    files = expand(str(SAMPLE_ERA5))
+    train, test = load_variable(files[:5], "t2m"), load_variable(files[5:], "t2m")
+    cfg = ModelConfig(grid="latlon", patch_shape=(16, 16), coords="both", depth=args.depth,
+                      width=args.width, latent_dim=16, bits=6)
+    rows = []
+    model = None
+    for batch in args.batch:
+        tc = TrainConfig(steps=args.steps, batch_size=batch, outer_lr=1e-3, first_order=True,
+                         val_every=args.steps, device=str(device))
+        _sync(device)
+        t = time.perf_counter()
+        model = meta_train(train, cfg, tc)
+        _sync(device)
+        seconds = time.perf_counter() - t
+        rows.append({"what": f"meta-train batch {batch} (incl. 1 validation + coding fit)",
+                     "value": args.steps / seconds, "unit": "steps/s"})
+    assert model is not None
+    model.to(str(device))
+    mb = test.nbytes / 1e6
+    for steps in (3, 25):
+        model.encode(test[:1], steps=steps)  # warm-up
+        blob = b""
+        t = time.perf_counter()
+        for _ in range(args.repeats):
+            blob = model.encode(test, steps=steps)
+        _sync(device)
+        rows.append({"what": f"encode, {steps} inner steps", "value": mb * args.repeats / (time.perf_counter() - t),
+                     "unit": "MB/s"})
+    model.decode(blob)
+    t = time.perf_counter()
+    for _ in range(args.repeats):
+        model.decode(blob)
+    _sync(device)
+    rows.append({"what": "decode", "value": mb * args.repeats / (time.perf_counter() - t), "unit": "MB/s"})
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; model {args.depth}x{args.width}, 16x16 patches, t2m (7, 181, 360) held-out")
+    for r in rows:
+        print(f"  {r['what']:<55} {r['value']:>10.2f} {r['unit']}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"device": name, "args": vars(args), "rows": rows}
+    (out / f"gpu_throughput_{device.type}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
