@@ -91,7 +91,7 @@ from coinpp_pipeline import Model, ModelConfig, TrainConfig, bitstream, meta_tra
 from coinpp_pipeline.codec import COINppCodec
 from coinpp_pipeline.metrics import bits_per_value, max_abs_error, psnr
 from coinpp_pipeline.resolve import register_model
-from coinpp_pipeline.sources import SAMPLE_ERA5, expand, load_variable
+from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
 from coinpp_pipeline.zarr_codec import COINppZarrCodec
 
 icn.register_codecs(verbose=False)
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     default_threads = torch.get_num_threads()
-    files = expand(args.data)
+    files = list_sources(args.data)
     print(f"python {platform.python_version()}, torch {torch.__version__} ({default_threads} threads), "
           f"zarr {zarr.__version__}, numcodecs {numcodecs.__version__}, imagecodecs "
           f"{imagecodecs.__version__}, zfpy {importlib.metadata.version('zfpy')}", flush=True)

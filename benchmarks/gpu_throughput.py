@@ -21,7 +21,7 @@ import torch
 
 from coinpp_pipeline import ModelConfig, TrainConfig, meta_train
 from coinpp_pipeline.metalearning import pick_device
-from coinpp_pipeline.sources import SAMPLE_ERA5, expand, load_variable
+from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
 
 
 def _sync(device: torch.device) -> None:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
-    files = expand(str(SAMPLE_ERA5))
+    files = list_sources(str(SAMPLE_ERA5))
     train, test = load_variable(files[:5], "t2m"), load_variable(files[5:], "t2m")
     cfg = ModelConfig(grid="latlon", patch_shape=(16, 16), coords="both", depth=args.depth,
                       width=args.width, latent_dim=16, bits=6)

@@ -78,7 +78,7 @@ import numpy as np
 import zfpy
 
 from coinpp_pipeline.metrics import bits_per_value, max_abs_error, psnr
-from coinpp_pipeline.sources import SAMPLE_ERA5, expand, load_variable
+from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
 
 TARGETS = [10, 30, 100, 300, 1000, 3000]
 QUICK_TARGETS = [100, 1000]
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     targets = QUICK_TARGETS if args.quick else sorted(args.targets)
 
-    files = expand(args.data)
+    files = list_sources(args.data)
     train = load_variable(files[: args.train_days], args.var).astype(np.float32)
     test = load_variable(files[args.train_days :], args.var).astype(np.float32)
     print(f"python {platform.python_version()}, numcodecs {numcodecs.__version__}, imagecodecs "

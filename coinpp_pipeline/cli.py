@@ -13,7 +13,7 @@ from .config import ModelConfig, TrainConfig
 from .metalearning import meta_train
 from .metrics import bits_per_value, max_abs_error, psnr
 from .model import Model
-from .sources import SAMPLE_ERA5, expand, load_variable
+from .sources import SAMPLE_ERA5, list_sources, load_variable
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     from flows.compress_archive import compress_archive
     from flows.meta_train import meta_train_flow
 
-    files = expand(args.data)
+    files = list_sources(args.data)
     out = Path(args.out)
     target = out / "era5-heldout.zarr"
     shutil.rmtree(target, ignore_errors=True)
@@ -54,7 +54,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    data = load_variable(expand(args.data), args.var)
+    data = load_variable(list_sources(args.data), args.var)
     cfg = ModelConfig.from_dict(json.loads(args.config)) if args.config else ModelConfig()
     tcfg = TrainConfig(steps=args.steps)
     model = meta_train(data, cfg, tcfg, callback=lambda s, m: print(s, m, flush=True))

@@ -49,7 +49,7 @@ import torch
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_bytes, ensure_ndarray_like, ndarray_copy
 
-from .model import Model
+from .model import Model, check_dtype
 from .resolve import register_model, resolve_model
 
 #: ``"lock"``: one chunk at a time in the torch sections, torch keeps its thread pool (default);
@@ -85,12 +85,8 @@ def torch_section(inference: bool) -> Iterator[None]:
 
 def check_array(arr: np.ndarray) -> None:
     """Raise a clear error for arrays coinpp cannot encode (dtype, byte order)."""
+    check_dtype(arr.dtype)
     dt = arr.dtype
-    if dt.kind not in "fiu" or dt.itemsize > 8:
-        raise TypeError(
-            f"coinpp encodes float and integer arrays only; got dtype {dt} "
-            "(complex, bool, string and object arrays are not supported)"
-        )
     if dt.byteorder == ">" or (dt.byteorder == "=" and not np.little_endian):
         raise TypeError(f"coinpp needs little-endian data; got dtype {dt.str}: use {dt.newbyteorder('<').str}")
 

@@ -39,7 +39,8 @@ MAX_RESIDUAL_SYMBOL = 1 << 24
 BOUND_MARGIN = 1.0 / 256.0
 
 
-def _check_dtype(dtype: np.dtype) -> None:
+def check_dtype(dtype: np.dtype) -> None:
+    """Raise TypeError for dtypes coinpp cannot store (it stores float and integer data)."""
     if dtype.kind not in "fiu" or dtype.itemsize > 8:
         raise TypeError(
             f"coinpp encodes float and integer arrays only; got dtype {dtype} "
@@ -70,6 +71,7 @@ class Model:
         self.report = report or {}
         self.device = torch.device("cpu")
         self._bytes: bytes | None = None
+        self._sha256: tuple[bytes, str] | None = None
 
     # ---------------------------------------------------------------- identity and files
     def to_bytes(self) -> bytes:
@@ -93,7 +95,12 @@ class Model:
 
     @property
     def sha256(self) -> str:
-        return checkpoints.sha256_hex(self.to_bytes())
+        """sha256 of :meth:`to_bytes`, computed once per serialisation (it is on every
+        encode/decode path through :attr:`model_id`)."""
+        data = self.to_bytes()
+        if self._sha256 is None or self._sha256[0] is not data:
+            self._sha256 = (data, checkpoints.sha256_hex(data))
+        return self._sha256[1]
 
     @property
     def model_id(self) -> bytes:
@@ -178,7 +185,7 @@ class Model:
         if self.quantizer is None or self.entropy is None:
             raise NotFittedError("model has no quantizer/entropy model: meta-train or load one")
         a = np.ascontiguousarray(array)
-        _check_dtype(a.dtype)
+        check_dtype(a.dtype)
         if a.size > bitstream.MAX_ELEMENTS:
             raise ValueError(f"array of {a.size} values exceeds the chunk limit of {bitstream.MAX_ELEMENTS}; use smaller chunks")
         if a.dtype.kind == "f" and np.isinf(a).any():

@@ -133,11 +133,6 @@ def _open_nifti(url: str, storage_options: dict | None) -> xr.Dataset:
 
 
 
-def expand(paths: str | Path | Sequence[str | Path]) -> list[str]:
-    """Alias of :func:`list_sources` for local use (a glob, directory, file or list)."""
-    return list_sources(paths)
-
-
 def load_variable(paths: str | Path | Sequence[str | Path], var: str, time_dim: str = "time") -> np.ndarray:
     """One variable of an archive, concatenated over its files along ``time_dim``."""
     return np.concatenate(
