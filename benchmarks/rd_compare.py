@@ -1,36 +1,55 @@
 """Rate-distortion comparison of COIN++ against SZ3, SPERR, ZFP and BitRound+Zstd (issue #5).
 
-Real ERA5 sample (data/era5-1deg, 7 daily files, 181x360 fields): the first ``--train-days``
-(5) files (17 fields) are training data, used only for the COIN++ quantizer refits
-(``with_bits``) and the mean field of the anomaly rows; the last 2 files (7 fields) are the
-held-out set and the only data measured. Every codec compresses each held-out field on its
-own as a 2-D ``(181, 360)`` float32 array (one chunk per field, as in
-benchmarks/codec_speed_bounds.py), and every byte of every stream is counted.
+Datasets (``--dataset``, benchmarks/datasets.py; default ``era5:t2m``). Each has a training
+split, used only for the COIN++ quantizer refits (``with_bits``) and the mean of the anomaly
+rows, and held-out chunks, the only data measured; every codec compresses each held-out chunk
+on its own as a float32 array of the chunk's dimensionality (2-D or 3-D), and every byte of
+every stream is counted.
+
+* ``era5:<var>`` (t2m, msl, u10, v10; ``--var V`` is an alias of ``--dataset era5:V``):
+  data/era5-1deg, 7 daily files of 181x360 fields. The first ``--train-days`` (5) files (17
+  fields) are training data; the 7 fields of the last 2 files are held out, one 2-D
+  ``(181, 360)`` chunk per field (as in benchmarks/codec_speed_bounds.py). Raw float32.
+* ``hadcm3``: data/hadcm3-na, HadCM3 June air temperature, 240 yearly 37x49 fields per
+  scenario. Training = scenario A1B; held-out = scenario E1 as 10 3-D chunks of 24
+  consecutive years ``(24, 37, 49)``; the anomaly mean is the A1B time-mean field (repeated
+  over the 24 years). Raw float32. Both scenarios share the historical run: E1's first 140
+  years equal A1B's (training) exactly.
+* ``mri``: data/mri/example4d.nii.gz, EPI int16 ``(128, 96, 24, 2)``. Training = slices
+  z < 12 of both time points; held-out = the 3-D blocks ``[:, :, 12:, t]``, t = 0, 1 (two
+  ``(128, 96, 12)`` chunks). Raw int16.
+* ``image``: data/images (scikit-image sample photos). Held-out = camera.png, one 2-D
+  ``(512, 512)`` chunk; training = astronaut (to gray, BT.601), brick, grass, gravel. Raw
+  uint8.
 
 Command lines::
 
-    # classical codecs only, all target ratios (10 30 100 300 1000 3000), t2m
+    # classical codecs only, all target ratios (10 30 100 300 1000 3000), ERA5 t2m
     python benchmarks/rd_compare.py
 
-    # only targets 100 and 1000 (fast check)
-    python benchmarks/rd_compare.py --quick
+    # another dataset, only targets 100 and 1000 (fast check), one timing run
+    python benchmarks/rd_compare.py --dataset mri --quick --repeats 1
 
     # with COIN++ rows from a saved model (e.g. one written by codec_speed_bounds.py)
     python benchmarks/rd_compare.py --model benchmarks/results/models/<sha256>.coinpp
 
     # another variable / fewer COIN++ knobs
-    python benchmarks/rd_compare.py --var msl --model M.coinpp --coinpp-bits 4 6 --coinpp-steps 3
+    python benchmarks/rd_compare.py --dataset era5:msl --model M.coinpp --coinpp-bits 4 6 --coinpp-steps 3
 
-Classical codecs: for each target ratio (vs float32) the codec's knob is bisected (in log
-space) until the achieved ratio over the 7 fields is within ``--tol`` (default 3 %) of the
-target; when the target is out of the knob's reach, or bisection does not converge, the
-nearest achievable point is reported (``hit`` column "no").
+Compression ratio = raw held-out bytes in the source dtype (values x 4 for float32, 2 for
+int16, 1 for uint8) / all stream bytes; the table and plot say which ("ratio vs int16").
 
-* SZ3: imagecodecs' numcodecs ``Sz3``, absolute error bound ``abs``, searched up to 10 x
-  range; on t2m SZ3 saturates near ratio ~1700 (plain and anomaly), so target 3000 reports
-  that (degenerate, bound > range) point.
-* SPERR: imagecodecs' numcodecs ``Sperr``, rate mode ``bpp`` (bits per value). Called on
-  2-D arrays only: ``sperr_encode`` aborts the process on arrays with a length-1 axis.
+Classical codecs: for each target ratio the codec's knob is bisected (in log space) until the
+achieved ratio over all held-out chunks is within ``--tol`` (default 3 %) of the target; when
+the target is out of the knob's reach, or bisection does not converge, the nearest
+achievable point is reported (``hit`` column "no").
+
+* SZ3: imagecodecs' numcodecs ``Sz3`` (given the chunk shape), absolute error bound ``abs``,
+  searched up to 10 x range; on t2m SZ3 saturates near ratio ~1700 (plain and anomaly), so
+  target 3000 reports that (degenerate, bound > range) point.
+* SPERR: imagecodecs' numcodecs ``Sperr``, rate mode ``bpp`` (bits per value). Never called
+  on arrays with a length-1 axis (``sperr_encode`` aborts the process on them; datasets.py
+  refuses such chunk shapes).
 * ZFP: numcodecs' ``ZFPY`` (zfpy 1.0.1), fixed-accuracy ``tolerance``. Not
   ``imagecodecs.numcodecs.Zfp`` (it truncates the tolerance to ``int``), and not ZFPY's
   fixed-rate mode: with zfpy 1.0.1 ``mode_fixed_rate`` returned a wrong-sized stream and then
@@ -39,23 +58,26 @@ nearest achievable point is reported (``hit`` column "no").
   tolerances first give nonsense (tolerance above the data values) and then jump to ~490 with
   an all-zero reconstruction (PSNR about -8 dB). So ZFP cannot reach targets >= 30 on t2m and
   its nearest sensible point (tolerance = range) is reported.
-* BitRound+Zstd: ``numcodecs.BitRound(keepbits)`` then ``numcodecs.Zstd(--zstd-level)``;
-  keepbits is an integer (0..23), so the nearest keepbits is reported.
-* SZ3 anomaly / SPERR anomaly: the same codecs on data minus the mean field of the training
-  fields (float32; shared state like a model, not counted in the ratio); the mean is added
+* BitRound+Zstd: ``numcodecs.BitRound(keepbits)`` on the float32 values, then
+  ``numcodecs.Zstd(--zstd-level)``; keepbits is an integer (0..23), so the nearest keepbits
+  is reported.
+* SZ3 anomaly / SPERR anomaly: the same codecs on data minus the training mean (float32, one
+  chunk's shape; shared state like a model, not counted in the ratio); the mean is added
   back in float64 and the result cast to float32.
 
-COIN++ (``--model``, optional): no bisection; for every ``--coinpp-bits`` (quantizer refitted
-on the training fields via ``with_bits``; the model's own bit depth uses the model as is)
-and every ``--coinpp-steps`` (encode inner steps) one achieved point; plus the error-bounded
-mode (``max_abs_error`` = ``--coinpp-bounds`` x range) at the model's bit depth and 3 steps.
-COIN++ points are listed under the nearest target ratio (in log).
+COIN++ (``--model``, optional): no bisection; each held-out chunk is encoded as one item
+``(1, *chunk_shape)``; for every ``--coinpp-bits`` (quantizer refitted on the training split
+via ``with_bits``; the model's own bit depth uses the model as is) and every
+``--coinpp-steps`` (encode inner steps) one achieved point; plus the error-bounded mode
+(``max_abs_error`` = ``--coinpp-bounds`` x range) at the model's bit depth and 3 steps.
+COIN++ points are listed under the nearest target ratio (in log). Only tried on era5 so far.
 
-Columns: achieved ratio (raw float32 bytes / all stream bytes), bits/value, PSNR =
-20 log10(range / RMSE) with range = max - min of the held-out data, RMSE and max abs error
-in data units, encode / decode MB/s of raw float32 (best of ``--repeats`` for classical
-codecs, one run for COIN++), the knob value. Writes ``benchmarks/results/rd_compare_<var>.json``
-and ``rd_compare_<var>.png`` (PSNR vs ratio, log x). The results folder is git-ignored.
+Columns: achieved ratio, bits/value, PSNR = 20 log10(range / RMSE) with range = max - min of
+the held-out data, RMSE and max abs error in data units, encode / decode MB/s of the raw
+data in its source dtype (best of ``--repeats`` for classical codecs, one run for COIN++),
+the knob value. Writes ``benchmarks/results/rd_compare_<dataset>.json`` and ``.png`` (PSNR vs
+ratio, log x), ``<dataset>`` with ``:`` replaced by ``_`` (e.g. ``rd_compare_era5_t2m``).
+The results folder is git-ignored.
 """
 
 from __future__ import annotations
@@ -71,6 +93,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# benchmarks/datasets.py (this script's folder is on sys.path when run as a script)
+import datasets
 import imagecodecs
 import imagecodecs.numcodecs as icn
 import numcodecs
@@ -78,7 +102,7 @@ import numpy as np
 import zfpy
 
 from coinpp_pipeline.metrics import bits_per_value, max_abs_error, psnr
-from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
+from coinpp_pipeline.sources import SAMPLE_ERA5
 
 TARGETS = [10, 30, 100, 300, 1000, 3000]
 QUICK_TARGETS = [100, 1000]
@@ -146,7 +170,7 @@ def encode_all(codec: numcodecs.abc.Codec, fields: list[np.ndarray]) -> list[byt
 
 
 def measure(codec: numcodecs.abc.Codec, fields: list[np.ndarray], test: np.ndarray,
-            mean: np.ndarray | None, repeats: int) -> dict[str, Any]:
+            mean: np.ndarray | None, repeats: int, raw_bytes: int) -> dict[str, Any]:
     enc_t, dec_t = [], []
     blobs: list[bytes] = []
     outs: list[np.ndarray] = []
@@ -160,13 +184,16 @@ def measure(codec: numcodecs.abc.Codec, fields: list[np.ndarray], test: np.ndarr
     rec = np.stack(outs)
     if mean is not None:
         rec = (rec.astype(np.float64) + mean).astype(np.float32)
-    return point(test, rec.astype(np.float32), sum(len(b) for b in blobs), min(enc_t), min(dec_t))
+    return point(test, rec.astype(np.float32), sum(len(b) for b in blobs), min(enc_t), min(dec_t),
+                 raw_bytes)
 
 
-def point(test: np.ndarray, rec: np.ndarray, nbytes: int, enc_s: float, dec_s: float) -> dict[str, Any]:
-    raw_mb = test.nbytes / 1e6
+def point(test: np.ndarray, rec: np.ndarray, nbytes: int, enc_s: float, dec_s: float,
+          raw_bytes: int) -> dict[str, Any]:
+    """``raw_bytes``: the held-out data in its source dtype (ratio numerator, MB/s basis)."""
+    raw_mb = raw_bytes / 1e6
     err = rec.astype(np.float64) - test.astype(np.float64)
-    return {"bytes": int(nbytes), "ratio": test.nbytes / nbytes, "bpv": bits_per_value(nbytes, test.size),
+    return {"bytes": int(nbytes), "ratio": raw_bytes / nbytes, "bpv": bits_per_value(nbytes, test.size),
             "psnr": psnr(test, rec), "rmse": float(np.sqrt(np.mean(err**2))),
             "max_abs_err": max_abs_error(test, rec), "enc_MBps": raw_mb / enc_s, "dec_MBps": raw_mb / dec_s}
 
@@ -219,7 +246,8 @@ def search(fam: Family, fields: list[np.ndarray], raw_bytes: int, target: float,
 
 # ------------------------------------------------------------------------ COIN++
 def coinpp_rows(model_path: str, train: np.ndarray, test: np.ndarray, bits_list: list[int],
-                steps_list: list[int], rel_bounds: list[float], rng: float) -> list[dict]:
+                steps_list: list[int], rel_bounds: list[float], rng: float,
+                raw_bytes: int) -> list[dict]:
     import torch  # noqa: F401  (imported lazily: only needed with --model)
 
     from coinpp_pipeline import Model
@@ -227,6 +255,7 @@ def coinpp_rows(model_path: str, train: np.ndarray, test: np.ndarray, bits_list:
 
     base = Model.load(model_path)
     print(f"COIN++: model {model_path} ({len(base.to_bytes())} B, {base.config.bits} bits)", flush=True)
+    # each held-out chunk as one item: (1, *chunk_shape)
     fields = [test[i : i + 1] for i in range(test.shape[0])]
     rows: list[dict] = []
 
@@ -237,7 +266,8 @@ def coinpp_rows(model_path: str, train: np.ndarray, test: np.ndarray, bits_list:
         t = time.perf_counter()
         outs = [np.asarray(model.decode(b)).reshape(test.shape[1:]) for b in blobs]
         dec_s = time.perf_counter() - t
-        p = point(test, np.stack(outs).astype(np.float32), sum(len(b) for b in blobs), enc_s, dec_s)
+        p = point(test, np.stack(outs).astype(np.float32), sum(len(b) for b in blobs), enc_s, dec_s,
+                  raw_bytes)
         p.update({"codec": name, "knob": knob, "model_bytes": len(model.to_bytes())})
         rows.append(p)
         print(f"  {name:<22} {knob}  ratio {p['ratio']:8.1f}  PSNR {p['psnr']:6.2f}  "
@@ -257,11 +287,12 @@ def coinpp_rows(model_path: str, train: np.ndarray, test: np.ndarray, bits_list:
 
 
 # ------------------------------------------------------------------------ output
-def print_table(var: str, targets: list[float], rows: list[dict], info: dict) -> None:
+def print_table(name: str, targets: list[float], rows: list[dict], info: dict) -> None:
+    raw = info["raw_dtype"]
     print()
-    print(f"=== {var}: rate-distortion on {info['n_test']} held-out fields {info['field_shape']}, "
-          f"range {info['range']:.4g}; ratio vs float32, all stream bytes; "
-          f"MB/s of raw float32 ===")
+    print(f"=== {name}: rate-distortion on {info['n_test']} held-out chunks {info['field_shape']}, "
+          f"range {info['range']:.4g}; ratio vs {raw}, all stream bytes; "
+          f"MB/s of raw {raw} ===")
     hdr = (f"{'target':>6} {'codec':<22} {'hit':>3} {'ratio':>8} {'bpv':>8} {'PSNR dB':>8} {'RMSE':>9} "
            f"{'maxerr':>9} {'enc MB/s':>9} {'dec MB/s':>9}  knob")
     print(hdr)
@@ -273,13 +304,13 @@ def print_table(var: str, targets: list[float], rows: list[dict], info: dict) ->
             print(f"{t:>6g} {r['codec']:<22} {hit:>3} {r['ratio']:>8.1f} {r['bpv']:>8.4f} {r['psnr']:>8.2f} "
                   f"{r['rmse']:>9.4g} {r['max_abs_err']:>9.4g} {r['enc_MBps']:>9.2f} {r['dec_MBps']:>9.2f}  {ks}")
         print()
-    print(f"shared state not in the ratios: training mean field (anomaly rows) {info['mean_bytes']} B "
+    print(f"shared state not in the ratios: training mean (anomaly rows) {info['mean_bytes']} B "
           f"as float32 (alone: PSNR {info['mean_psnr']:.2f} dB, max err {info['mean_maxerr']:.3g})"
           + (f"; COIN++ model file {info['model_bytes']} B (with_bits refits: see JSON "
              f"model_bytes)" if info.get("model_bytes") else ""))
 
 
-def plot(path: Path, var: str, targets: list[float], rows: list[dict]) -> None:
+def plot(path: Path, name: str, raw_dtype: str, targets: list[float], rows: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,9 +333,9 @@ def plot(path: Path, var: str, targets: list[float], rows: list[dict]) -> None:
     for t in targets:
         ax.axvline(t, color="0.85", lw=0.8, zorder=0)
     ax.set_xscale("log")
-    ax.set_xlabel("compression ratio vs float32 (all bytes)")
+    ax.set_xlabel(f"compression ratio vs {raw_dtype} (all bytes)")
     ax.set_ylabel("PSNR dB (range-normalised)")
-    ax.set_title(f"ERA5 {var}, held-out fields")
+    ax.set_title(f"{name}, held-out chunks")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -315,9 +346,11 @@ def plot(path: Path, var: str, targets: list[float], rows: list[dict]) -> None:
 # ------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--var", default="t2m")
-    ap.add_argument("--data", default=str(SAMPLE_ERA5))
-    ap.add_argument("--train-days", type=int, default=5)
+    ap.add_argument("--dataset", default=None,
+                    help=f"one of {', '.join(datasets.NAMES)} (default era5:t2m)")
+    ap.add_argument("--var", default=None, help="alias: --var V is --dataset era5:V")
+    ap.add_argument("--data", default=None, help=f"era5 only: the files (default {SAMPLE_ERA5})")
+    ap.add_argument("--train-days", type=int, default=None, help="era5 only: training files (default 5)")
     ap.add_argument("--targets", type=float, nargs="+", default=TARGETS)
     ap.add_argument("--quick", action="store_true", help=f"only target ratios {QUICK_TARGETS}")
     ap.add_argument("--tol", type=float, default=0.03, help="relative ratio tolerance of the bisection")
@@ -331,23 +364,36 @@ def main(argv: list[str] | None = None) -> dict:
                     help="error-bounded COIN++ points, x range")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
-    targets = QUICK_TARGETS if args.quick else sorted(args.targets)
+    targets: list[float] = list(QUICK_TARGETS) if args.quick else sorted(args.targets)
+    name = args.dataset or (f"era5:{args.var}" if args.var else "era5:t2m")
+    if args.var and args.dataset and args.dataset != f"era5:{args.var}":
+        ap.error(f"--var {args.var} contradicts --dataset {args.dataset}")
+    era5_kw: dict[str, Any] = {}
+    if args.data is not None:
+        era5_kw["era5_data"] = args.data
+    if args.train_days is not None:
+        era5_kw["era5_train_files"] = args.train_days
+    if era5_kw and not name.startswith("era5:"):
+        ap.error("--data / --train-days apply to era5:<var> datasets only")
 
-    files = list_sources(args.data)
-    train = load_variable(files[: args.train_days], args.var).astype(np.float32)
-    test = load_variable(files[args.train_days :], args.var).astype(np.float32)
+    ds = datasets.load(name, **era5_kw)
+    test = ds.test
+    raw_bytes = ds.raw_bytes
     print(f"python {platform.python_version()}, numcodecs {numcodecs.__version__}, imagecodecs "
           f"{imagecodecs.__version__}, zfpy {importlib.metadata.version('zfpy')}", flush=True)
-    print(f"{args.var}: train {train.shape} from {args.train_days} files, held-out {test.shape} from "
-          f"{len(files) - args.train_days} files; targets {targets}", flush=True)
-    rng = float(test.max() - test.min())
-    mean = train.astype(np.float64).mean(axis=0)
-    mean32 = mean.astype(np.float32)
+    print(f"{name}: {ds.description}", flush=True)
+    print(f"{name}: train {ds.train.shape}, held-out {test.shape} (raw {ds.raw_dtype}, {raw_bytes} B); "
+          f"targets {targets}", flush=True)
+    rng = ds.range
+    mean32 = ds.mean
     anom = (test.astype(np.float64) - mean32).astype(np.float32)
     mean_rec = np.broadcast_to(mean32, test.shape)
     info: dict[str, Any] = {
+        "dataset": name, "description": ds.description, "raw_dtype": ds.raw_dtype,
+        "raw_itemsize": ds.raw_itemsize, "raw_bytes": raw_bytes,
         "range": rng, "n_test": int(test.shape[0]), "field_shape": list(test.shape[1:]),
-        "mean_bytes": int(mean32.nbytes), "mean_psnr": psnr(test, mean_rec),
+        "train_shape": list(ds.train.shape),
+        "mean_bytes": ds.mean_state_bytes, "mean_psnr": psnr(test, mean_rec),
         "mean_maxerr": max_abs_error(test, mean_rec),
     }
     plain_fields = [np.ascontiguousarray(test[i]) for i in range(test.shape[0])]
@@ -358,9 +404,9 @@ def main(argv: list[str] | None = None) -> dict:
         fields = anom_fields if fam.anomaly else plain_fields
         for target in targets:
             t = time.perf_counter()
-            knob, r, n_eval = search(fam, fields, test.nbytes, target, args.tol, args.max_iter)
+            knob, _, n_eval = search(fam, fields, raw_bytes, target, args.tol, args.max_iter)
             p = measure(fam.make(knob), fields, test, mean32.astype(np.float64) if fam.anomaly else None,
-                        args.repeats)
+                        args.repeats, raw_bytes)
             hit = abs(p["ratio"] / target - 1) <= 0.05
             p.update({"codec": fam.name, "series": fam.name, "group": target, "target": target, "hit": hit,
                       "knob": {fam.knob: int(knob) if fam.integer else knob}, "evals": n_eval,
@@ -370,8 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"PSNR {p['psnr']:6.2f}  {fam.knob}={knob:.4g}  ({n_eval} evals)", flush=True)
 
     if args.model:
-        crow = coinpp_rows(args.model, train, test, args.coinpp_bits, args.coinpp_steps,
-                           args.coinpp_bounds, rng)
+        crow = coinpp_rows(args.model, ds.train, test, args.coinpp_bits, args.coinpp_steps,
+                           args.coinpp_bounds, rng, raw_bytes)
         # the saved model's own file (with_bits refits have their own, slightly different sizes)
         info["model_bytes"] = Path(args.model).stat().st_size
         info["model"] = args.model
@@ -385,13 +431,14 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         print("(no --model: COIN++ rows skipped)")
 
-    print_table(args.var, targets, rows, info)
+    print_table(name, targets, rows, info)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    png = out / f"rd_compare_{args.var}.png"
-    plot(png, args.var, targets, rows)
+    stem = f"rd_compare_{name.replace(':', '_')}"
+    png = out / f"{stem}.png"
+    plot(png, name, ds.raw_dtype, targets, rows)
     result = {"argv": sys.argv, "args": vars(args), "targets": targets, "info": info, "rows": rows}
-    js = out / f"rd_compare_{args.var}.json"
+    js = out / f"{stem}.json"
     js.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {js} and {png}")
     return result
