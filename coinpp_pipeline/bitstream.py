@@ -15,8 +15,9 @@ Layout (little-endian; ``varint`` = unsigned LEB128)::
     sections     n x (tag u8, length varint, payload)
     crc32        u32      zlib.crc32 of every byte before it
 
-Sections: ``L`` entropy-coded latents, ``M`` mask of invalid points (zlib of packbits),
-``R`` error-bounded residual, ``K`` constant-chunk values. Every size read from a header is
+Sections: ``L`` entropy-coded latents (patch models), ``G`` entropy-coded latent grids
+(grid models; ``patch`` then holds the field shape), ``M`` mask of invalid points (zlib of
+packbits), ``R`` error-bounded residual, ``K`` constant-chunk values. Every size read from a header is
 bounded before anything is allocated; any inconsistency raises :class:`BitstreamError`.
 """
 
@@ -40,7 +41,7 @@ MODEL_ID_BYTES = 8
 DTYPES: tuple[str, ...] = (
     "<f4", "<f8", "<f2", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8",
 )
-SECTION_TAGS = frozenset(b"LMRK")
+SECTION_TAGS = frozenset(b"LMRKG")
 
 
 @dataclass

@@ -17,6 +17,9 @@ Configuration (plain JSON, what zarr writes into the store's metadata):
 * ``max_abs_error``: every decoded finite value is within this absolute bound, or None.
 * ``rel_error``: bound relative to each chunk's range of finite values
   (``rel_error * (max - min)``), or None. With both, the tighter bound applies.
+* ``rate_weight``: latent-grid models only: the rate–distortion weight lambda used when
+  encoding (larger = smaller chunks, lower fidelity); None for the model's default. Written
+  into the configuration only when set.
 
 The chunk must be an ndarray of the chunk's shape (zarr v2 hands compressors the chunk array):
 the chunk bytes record dtype and shape, so :meth:`COINppCodec.decode` returns the array itself
@@ -114,13 +117,16 @@ def encode_array(
     steps: int | None,
     max_abs_error: float | None,
     rel_error: float | None,
+    rate_weight: float | None = None,
 ) -> bytes:
     """Compress one chunk ``arr (*items, *spatial[, C])`` with the codec's parameters."""
     check_array(arr)
     arr = np.ascontiguousarray(arr)
     bound = chunk_bound(arr, max_abs_error, rel_error)
     with torch_section(inference=False):
-        return model.encode(arr, steps=steps, max_abs_error=bound)
+        if rate_weight is None:
+            return model.encode(arr, steps=steps, max_abs_error=bound)
+        return model.encode(arr, steps=steps, max_abs_error=bound, rate_weight=rate_weight)
 
 
 def decode_bytes(model: Model, data: bytes) -> np.ndarray:
@@ -136,7 +142,8 @@ def decode_many_bytes(model: Model, blobs: list[bytes]) -> list[np.ndarray]:
 
 
 def validate_params(
-    model: str, model_url: str | None, steps: int | None, max_abs_error: float | None, rel_error: float | None
+    model: str, model_url: str | None, steps: int | None, max_abs_error: float | None, rel_error: float | None,
+    rate_weight: float | None = None,
 ) -> None:
     if not isinstance(model, str) or len(model) != 64:
         raise ValueError(f"model must be the 64-hex-digit sha256 of a model file, got {model!r}")
@@ -153,6 +160,11 @@ def validate_params(
             isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0
         ):
             raise ValueError(f"{name} must be a positive finite number or None, got {v!r}")
+    if rate_weight is not None and (
+        isinstance(rate_weight, bool) or not isinstance(rate_weight, int | float)
+        or not math.isfinite(rate_weight) or rate_weight < 0
+    ):
+        raise ValueError(f"rate_weight must be a finite number >= 0 or None, got {rate_weight!r}")
 
 
 def codec_config(
@@ -161,20 +173,24 @@ def codec_config(
     steps: int | None,
     max_abs_error: float | None,
     rel_error: float | None,
+    rate_weight: float | None = None,
 ) -> dict[str, Any]:
     """Validated, normalised codec parameters (a :class:`Model` is registered in this process
     and replaced by its sha256) — shared by the numcodecs and the zarr v3 codec."""
     if isinstance(model, Model):
         model = register_model(model)
     model = model.lower() if isinstance(model, str) else model
-    validate_params(model, model_url, steps, max_abs_error, rel_error)
-    return {
+    validate_params(model, model_url, steps, max_abs_error, rel_error, rate_weight)
+    out: dict[str, Any] = {
         "model": model,
         "model_url": model_url,
         "steps": steps,
         "max_abs_error": None if max_abs_error is None else float(max_abs_error),
         "rel_error": None if rel_error is None else float(rel_error),
     }
+    if rate_weight is not None:
+        out["rate_weight"] = float(rate_weight)
+    return out
 
 
 class COINppCodec(Codec):
@@ -187,6 +203,7 @@ class COINppCodec(Codec):
         steps: inner-loop steps when encoding; None for the model's default.
         max_abs_error: absolute error bound for every finite value, or None.
         rel_error: error bound relative to each chunk's value range, or None.
+        rate_weight: rate–distortion weight for latent-grid models (None: model default).
     """
 
     codec_id = "coinpp"
@@ -198,8 +215,9 @@ class COINppCodec(Codec):
         steps: int | None = None,
         max_abs_error: float | None = None,
         rel_error: float | None = None,
+        rate_weight: float | None = None,
     ) -> None:
-        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error).items():
+        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error, rate_weight).items():
             setattr(self, key, value)
         self._model: Model | None = model if isinstance(model, Model) else None
 
@@ -228,7 +246,8 @@ class COINppCodec(Codec):
             raise ValueError(
                 "coinpp needs C-ordered chunks (zarr v2 order='C'); got a Fortran-ordered array"
             )
-        return encode_array(self.load_model(), arr, self.steps, self.max_abs_error, self.rel_error)
+        return encode_array(self.load_model(), arr, self.steps, self.max_abs_error, self.rel_error,
+                            getattr(self, "rate_weight", None))
 
     def decode(self, buf: Any, out: Any = None) -> Any:
         """Decompress one chunk; returns the array, or fills ``out`` (same number of bytes)."""

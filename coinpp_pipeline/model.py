@@ -24,7 +24,7 @@ from .coordinates import (
     unpatchify,
 )
 from .entropy import EntropyModel
-from .errors import BitstreamError, ModelMismatchError, NotFittedError
+from .errors import BitstreamError, ModelFileError, ModelMismatchError, NotFittedError
 from .metalearning import fit_latents, pick_device
 from .network import ModulatedSiren
 from .quantization import Quantizer
@@ -109,6 +109,12 @@ class Model:
     @classmethod
     def from_bytes(cls, data: bytes, sha256: str | None = None, where: str = "<bytes>") -> Model:
         tensors, desc = checkpoints.deserialize(data, sha256, where)
+        if desc.get("kind", "patch") == "grid":
+            from .grid_model import GridModel
+
+            return GridModel._from_parts(tensors, desc, data)
+        if desc.get("kind", "patch") != "patch":
+            raise ModelFileError(f"{where}: unknown model kind {desc.get('kind')!r}")
         config = ModelConfig.from_dict(desc["config"])
         net = ModulatedSiren(config)
         state = {k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")}
@@ -175,7 +181,8 @@ class Model:
         return unpatchify(out, layout).astype(np.float64) * self.std + self.mean
 
     # ---------------------------------------------------------------- chunks
-    def encode(self, array: np.ndarray, *, steps: int | None = None, max_abs_error: float | None = None) -> bytes:
+    def encode(self, array: np.ndarray, *, steps: int | None = None, max_abs_error: float | None = None,
+               rate_weight: float | None = None) -> bytes:
         """Compress ``array (*items, *spatial[, C])`` to self-describing chunk bytes.
 
         NaN marks missing points (restored exactly as NaN); infinities are rejected.
@@ -184,6 +191,11 @@ class Model:
         """
         if self.quantizer is None or self.entropy is None:
             raise NotFittedError("model has no quantizer/entropy model: meta-train or load one")
+        if rate_weight is not None:
+            raise ValueError(
+                "rate_weight applies to latent-grid models only; a patch model's rate is set by "
+                "its quantizer bits (coinpp_pipeline.model.with_bits)"
+            )
         a = np.ascontiguousarray(array)
         check_dtype(a.dtype)
         if a.size > bitstream.MAX_ELEMENTS:

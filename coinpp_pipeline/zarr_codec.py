@@ -55,6 +55,7 @@ class COINppZarrCodec(ArrayBytesCodec):
     steps: int | None
     max_abs_error: float | None
     rel_error: float | None
+    rate_weight: float | None
 
     def __init__(
         self,
@@ -64,21 +65,23 @@ class COINppZarrCodec(ArrayBytesCodec):
         steps: int | None = None,
         max_abs_error: float | None = None,
         rel_error: float | None = None,
+        rate_weight: float | None = None,
     ) -> None:
-        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error).items():
+        object.__setattr__(self, "rate_weight", None)
+        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error, rate_weight).items():
             object.__setattr__(self, key, value)
 
     # ------------------------------------------------------------------ metadata
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
         _, configuration = parse_named_configuration(data, "coinpp", require_configuration=True)
-        unknown = set(configuration or {}) - set(_KEYS)
+        unknown = set(configuration or {}) - {*_KEYS, "rate_weight"}
         if unknown:
             raise ValueError(f"unknown coinpp codec configuration keys: {sorted(unknown)}")
         return cls(**configuration)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, JSON]:
-        return {"name": "coinpp", "configuration": {k: getattr(self, k) for k in _KEYS}}
+        return {"name": "coinpp", "configuration": self.config_dict()}
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
         raise NotImplementedError
@@ -103,7 +106,7 @@ class COINppZarrCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         arr = np.ascontiguousarray(chunk_array.as_numpy_array())
-        data = encode_array(self._model(), arr, self.steps, self.max_abs_error, self.rel_error)
+        data = encode_array(self._model(), arr, self.steps, self.max_abs_error, self.rel_error, self.rate_weight)
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     def _decode_many(self, items: list[tuple[Buffer | None, ArraySpec]]) -> list[NDBuffer | None]:
@@ -137,9 +140,12 @@ class COINppZarrCodec(ArrayBytesCodec):
         return await asyncio.to_thread(self._encode_many, list(chunks_and_specs))
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={getattr(self, k)!r}" for k in _KEYS)
+        params = ", ".join(f"{k}={v!r}" for k, v in self.config_dict().items())
         return f"{type(self).__name__}({params})"
 
     def config_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict (same keys as the numcodecs codec)."""
-        return {k: getattr(self, k) for k in _KEYS}
+        out = {k: getattr(self, k) for k in _KEYS}
+        if self.rate_weight is not None:
+            out["rate_weight"] = self.rate_weight
+        return out

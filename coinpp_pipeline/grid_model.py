@@ -1,0 +1,332 @@
+"""Latent-grid COIN++ model: the shared synthesis network and entropy tables are learned
+once over a dataset; each field is stored as integer latent grids found by a few hundred
+gradient steps on ``MSE + rate_weight * bits`` (see :mod:`coinpp_pipeline.latent_grid`).
+
+Same chunk format, codecs, masks, integer/float dtypes and error-bounded residual layer as
+the patch model (:class:`coinpp_pipeline.Model`); the latents travel in section ``G``.
+A chunk is ``(*items, H, W)``: every leading axis enumerates 2-D fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import struct
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import bitstream, checkpoints
+from .errors import BitstreamError, ModelMismatchError
+from .latent_grid import GridConfig, GridEntropyModel, GridSynthesis
+from .metalearning import pick_device
+from .model import Model, _encode_residual, _Parsed, _stable, check_dtype
+
+KIND = "grid"
+#: Fields fitted together in one batch when encoding (bounded activations).
+ENCODE_BATCH = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class GridTrainConfig:
+    """Training of a latent-grid model (auto-decoder: the shared network and one set of
+    latent grids per training item and rate weight are optimised jointly)."""
+
+    steps: int = 2000
+    batch: int = 6
+    rate_weights: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0)
+    lr: float = 3e-3
+    latent_lr: float = 3e-2
+    ste_fraction: float = 0.2
+    seed: int = 0
+    device: str | None = None
+    log_every: int = 100
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class GridModel(Model):
+    """A latent-grid COIN++ model (``kind = "grid"`` in the model file)."""
+
+    config: GridConfig  # type: ignore[assignment]
+
+    def __init__(  # noqa: PLR0913
+        self,
+        config: GridConfig,
+        synthesis: GridSynthesis,
+        mean: np.ndarray,
+        std: float,
+        entropy: GridEntropyModel,
+        report: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.network = synthesis.eval()  # type: ignore[assignment]
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32).reshape(1)
+        self.tables = entropy
+        self.entropy = None
+        self.quantizer = None
+        self.report = report or {}
+        self.device = torch.device("cpu")
+        self._bytes: bytes | None = None
+        self._sha256: tuple[bytes, str] | None = None
+        self._clim: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ files
+    def to_bytes(self) -> bytes:
+        if self._bytes is None:
+            tensors: dict[str, Any] = {f"network.{k}": v for k, v in self.network.state_dict().items()}
+            tensors |= {"norm.mean": self.mean, "norm.std": self.std, "entropy.counts": self.tables.counts}
+            desc = {"kind": KIND, "config": self.config.to_dict(), "report": _stable(self.report)}
+            self._bytes = checkpoints.serialize(tensors, desc)
+        return self._bytes
+
+    @classmethod
+    def _from_parts(cls, tensors: dict[str, torch.Tensor], desc: dict[str, Any], data: bytes) -> GridModel:
+        config = GridConfig.from_dict(desc["config"])
+        net = GridSynthesis(config)
+        net.load_state_dict({k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")})
+        model = cls(config, net, tensors["norm.mean"].numpy(), float(tensors["norm.std"].reshape(-1)[0]),
+                    GridEntropyModel(tensors["entropy.counts"].numpy()), desc.get("report"))
+        model._bytes = bytes(data)
+        return model
+
+    def to(self, device: str | torch.device | None) -> GridModel:
+        self.device = pick_device(str(device) if device is not None else None)
+        self.network.to(self.device)
+        self._clim = None
+        return self
+
+    # ------------------------------------------------------------------ latents
+    def _shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        if len(shape) < 2:
+            raise ValueError(f"a grid model encodes (*items, H, W) arrays; got shape {shape}")
+        hw = (int(shape[-2]), int(shape[-1]))
+        if self.config.climatology and hw != self.config.field_shape:
+            raise ValueError(
+                f"this model holds a climatology for fields of shape {self.config.field_shape}; "
+                f"got fields of shape {hw}: chunk whole fields, or train with climatology=False"
+            )
+        return hw
+
+    def _climatology(self) -> torch.Tensor | None:
+        if not self.config.climatology:
+            return None
+        if self._clim is None:
+            m = self.mean.astype(np.float64)
+            c = (m - m.mean()) / max(float(m.std()), 1e-12)
+            self._clim = torch.from_numpy(c.astype(np.float32))[None, None].to(self.device)
+        return self._clim
+
+    def _normalise(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean.astype(np.float64)) / float(self.std[0])
+
+    def fit_grids(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float) -> list[np.ndarray]:
+        """Encode normalised fields ``(B, H, W)`` (invalid points ignored) -> ``L`` int64
+        grids ``(B, h_l, w_l)`` in ``[-K, K]``."""
+        shape = (normed.shape[1], normed.shape[2])
+        shapes = self.config.level_shapes(shape)
+        k = self.config.max_symbol
+        x = torch.from_numpy(np.where(valid, normed, 0.0).astype(np.float32)).to(self.device)
+        m = torch.from_numpy(valid.astype(np.float32)).to(self.device)
+        count = m.flatten(1).sum(1).clamp_min(1.0)
+        gen = torch.Generator(device=self.device).manual_seed(0)
+        zs = [torch.zeros((x.shape[0], *s), device=self.device, requires_grad=True) for s in shapes]
+        clim = self._climatology()
+        if steps > 0:
+            opt = torch.optim.Adam(zs, lr=self.config.encode_lr)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+            with torch.enable_grad():
+                for step in range(steps):
+                    noise = [torch.rand(z.shape, generator=gen, device=self.device) - 0.5 for z in zs]
+                    noisy = [z + u for z, u in zip(zs, noise, strict=True)]
+                    rounded = [torch.round(z).detach() for z in zs]
+                    if step < 0.7 * steps:
+                        zq = noisy
+                    else:
+                        zq = [z + (r - z).detach() for z, r in zip(zs, rounded, strict=True)]
+                    rec = self.network(zq, clim, shape)
+                    mse = (((rec - x) ** 2) * m).flatten(1).sum(1) / count
+                    bits = self.network.rate_bits(noisy, rounded)  # type: ignore[operator]
+                    loss = (mse + rate_weight * bits / (shape[0] * shape[1])).sum()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+        return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs]
+
+    def synthesize_grids(self, grids: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+        """``L`` int grids ``(B, h_l, w_l)`` -> fields ``(B, H, W)`` in original units (float64)."""
+        with torch.inference_mode():
+            zs = [torch.from_numpy(g.astype(np.float32)).to(self.device) for g in grids]
+            out = self.network(zs, self._climatology(), shape).float().cpu().numpy()
+        return out.astype(np.float64) * float(self.std[0]) + self.mean.astype(np.float64)
+
+    # ------------------------------------------------------------------ chunks
+    def encode(self, array: np.ndarray, *, steps: int | None = None, max_abs_error: float | None = None,
+               rate_weight: float | None = None) -> bytes:
+        """Compress ``array (*items, H, W)`` to chunk bytes. ``rate_weight`` (lambda) sets the
+        rate: larger = smaller and less exact; ``steps`` the encoder's gradient steps;
+        ``max_abs_error`` adds the error-bounded residual layer."""
+        a = np.ascontiguousarray(array)
+        check_dtype(a.dtype)
+        if a.size > bitstream.MAX_ELEMENTS:
+            raise ValueError(f"array of {a.size} values exceeds the chunk limit of {bitstream.MAX_ELEMENTS}; use smaller chunks")
+        if a.dtype.kind == "f" and np.isinf(a).any():
+            raise ValueError("array holds infinite values, which coinpp cannot encode; mask them as NaN")
+        if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error > 0):
+            raise ValueError(f"max_abs_error must be a positive finite number, got {max_abs_error}")
+        lam = self.config.rate_weight if rate_weight is None else float(rate_weight)
+        if not (math.isfinite(lam) and lam >= 0):
+            raise ValueError(f"rate_weight must be a finite number >= 0, got {rate_weight}")
+        n_steps = self.config.encode_steps if steps is None else int(steps)
+        hw = self._shape(a.shape)
+        x = a.astype(np.float64).reshape(-1, *hw)
+        finite = np.isfinite(x)
+        sections: dict[str, bytes] = {}
+        if not finite.all():
+            sections["M"] = bitstream.pack_mask(~finite[..., None])
+        vals = x[finite]
+        if vals.size == 0 or vals.min() == vals.max():
+            sections["K"] = struct.pack("<d", float(vals.flat[0]) if vals.size else 0.0)
+        else:
+            normed = self._normalise(x)
+            parts = [
+                self.fit_grids(normed[i : i + ENCODE_BATCH], finite[i : i + ENCODE_BATCH], n_steps, lam)
+                for i in range(0, x.shape[0], ENCODE_BATCH)
+            ]
+            grids = [np.concatenate([p[lv] for p in parts]) for lv in range(self.config.levels)]
+            per_item = [[g[i] for g in grids] for i in range(x.shape[0])]
+            sections["G"] = self.tables.compress(per_item)
+            if max_abs_error is not None:
+                pred = self.synthesize_grids(grids, hw)
+                sections["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, a.dtype)
+        chunk = bitstream.Chunk(a.dtype, a.shape, hw, self.model_id, sections)
+        return bitstream.pack(chunk)
+
+    def decode_many(self, blobs: Sequence[bytes | bytearray | memoryview]) -> list[np.ndarray]:
+        parsed = [self._parse(b) for b in blobs]
+        out: list[np.ndarray] = []
+        for p in parsed:
+            if "K" in p.chunk.sections:
+                out.append(p.constant())
+                continue
+            if "G" not in p.chunk.sections:
+                raise BitstreamError("chunk has neither latent grids nor a constant section")
+            hw = (p.full[1], p.full[2])
+            items = self.tables.decompress(
+                p.chunk.sections["G"], p.items, self.config.level_shapes(hw))
+            grids = [np.stack([it[lv] for it in items]) for lv in range(self.config.levels)]
+            values = self.synthesize_grids(grids, hw)
+            out.append(p.finish(values[..., None]))
+        return out
+
+    def _parse(self, data: bytes | bytearray | memoryview) -> _Parsed:
+        chunk = bitstream.unpack(data)
+        if chunk.model_id != self.model_id:
+            raise ModelMismatchError(
+                f"chunk was written by model {chunk.model_id.hex()}…, not by this model {self.sha256[:16]}…"
+            )
+        try:
+            hw = self._shape(chunk.shape)
+        except ValueError as exc:
+            raise BitstreamError(f"chunk shape {chunk.shape} does not fit this model: {exc}") from exc
+        if tuple(chunk.patch) != hw:
+            raise BitstreamError(f"chunk layout {chunk.patch} differs from its field shape {hw}")
+        b = math.prod(chunk.shape[:-2])
+        full = (b, *hw, 1)
+        invalid = None
+        if "M" in chunk.sections:
+            invalid = bitstream.unpack_mask(chunk.sections["M"], full)
+            if chunk.dtype.kind != "f":
+                raise BitstreamError("integer chunk cannot carry a mask of missing values")
+        if "L" in chunk.sections:
+            raise BitstreamError("chunk holds patch latents (section L), not latent grids")
+        return _Parsed(chunk, None, b, full, invalid)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ training
+def train_grid_model(
+    data: np.ndarray, config: GridConfig | None = None, train: GridTrainConfig | None = None,
+    log: Any = None,
+) -> GridModel:
+    """Learn a latent-grid model from training fields ``data (N, H, W)`` (NaN = missing).
+
+    The synthesis network, the rate proxy and one latent set per (field, rate weight) are
+    optimised jointly (Adam, cosine decay; additive uniform noise stands in for rounding,
+    then straight-through rounding for the last ``ste_fraction`` of the steps). The entropy
+    tables are then counted from the rounded training latents.
+    """
+    config = config or GridConfig()
+    train = train or GridTrainConfig()
+    x = np.asarray(data, np.float64)
+    if x.ndim < 3:
+        raise ValueError(f"training data must be (N, H, W) fields, got shape {x.shape}")
+    x = x.reshape(-1, *x.shape[-2:])
+    hw = (x.shape[1], x.shape[2])
+    valid = np.isfinite(x)
+    if not valid.any():
+        raise ValueError("training data holds no finite values")
+    if config.climatology:
+        with np.errstate(invalid="ignore"):
+            mean = np.nanmean(x, axis=0)
+        mean = np.where(np.isfinite(mean), mean, np.nanmean(x))
+        config = dataclasses.replace(config, field_shape=hw)
+    else:
+        mean = np.asarray(np.nanmean(x))
+    std = float(np.nanstd(x - mean)) or 1.0
+    torch.manual_seed(train.seed)
+    device = pick_device(train.device)
+    net = GridSynthesis(config).to(device)
+    model = GridModel(config, net, mean.astype(np.float32), std, GridEntropyModel(np.ones((config.levels, 1, 1, 3), np.int64)))
+    model.device = device
+    normed = torch.from_numpy(np.where(valid, model._normalise(x), 0.0).astype(np.float32)).to(device)
+    mask = torch.from_numpy(valid.astype(np.float32)).to(device)
+    lams = torch.tensor([lam for _ in range(x.shape[0]) for lam in train.rate_weights], device=device)
+    item = torch.tensor([i for i in range(x.shape[0]) for _ in train.rate_weights], device=device)
+    shapes = config.level_shapes(hw)
+    latents = [torch.nn.Parameter(torch.zeros((len(item), *s), device=device)) for s in shapes]
+    opt = torch.optim.Adam([{"params": net.parameters(), "lr": train.lr},
+                            {"params": latents, "lr": train.latent_lr}])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(train.steps, 1))
+    gen = torch.Generator(device="cpu").manual_seed(train.seed)
+    clim = model._climatology()
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    net.train()
+    for step in range(train.steps):
+        bi = torch.randint(0, len(item), (min(train.batch, len(item)),), generator=gen).to(device)
+        zs = [z[bi] for z in latents]
+        noisy = [z + torch.rand(z.shape, generator=gen).to(device) - 0.5 for z in zs]
+        rounded = [torch.round(z).detach() for z in zs]
+        if step < (1 - train.ste_fraction) * train.steps:
+            zq = noisy
+        else:
+            zq = [z + (r - z).detach() for z, r in zip(zs, rounded, strict=True)]
+        rec = net(zq, clim, hw)
+        xm, mm = normed[item[bi]], mask[item[bi]]
+        mse = (((rec - xm) ** 2) * mm).flatten(1).sum(1) / mm.flatten(1).sum(1).clamp_min(1.0)
+        bpv = net.rate_bits(noisy, rounded) / (hw[0] * hw[1])
+        loss = (mse + lams[bi] * bpv).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % train.log_every == 0 or step == train.steps - 1:
+            rec_ = {"step": step, "mse": float(mse.detach().mean()), "bpv": float(bpv.detach().mean()),
+                    "time_s": time.perf_counter() - t0}
+            history.append(rec_)
+            if log is not None:
+                log(rec_)
+    net.eval()
+    k = config.max_symbol
+    final = [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in latents]
+    entropy = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], k)
+    report = {"kind": KIND, "train": train.to_dict(), "items": int(x.shape[0]), "field_shape": list(hw),
+              "history": history, "train_seconds": time.perf_counter() - t0}
+    out = GridModel(config, net.cpu(), mean.astype(np.float32), std, entropy, report)
+    return out

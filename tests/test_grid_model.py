@@ -1,0 +1,197 @@
+"""Latent-grid models: contexts, entropy coding, model files, encode/decode, codecs.
+
+A tiny grid model is trained once per module on real ERA5 t2m (every 4th point: 46 x 90
+fields; the first 5 days are training data, the last day is held out).
+"""
+
+from __future__ import annotations
+
+import numcodecs
+import numpy as np
+import pytest
+import torch
+from helpers import era5
+
+from coinpp_pipeline import Model
+from coinpp_pipeline.bitstream import unpack
+from coinpp_pipeline.codec import COINppCodec
+from coinpp_pipeline.errors import BitstreamError, ModelMismatchError
+from coinpp_pipeline.grid_model import GridModel, GridTrainConfig, train_grid_model
+from coinpp_pipeline.latent_grid import (
+    GridConfig,
+    GridEntropyModel,
+    coarse_context,
+    row_contexts,
+    torch_contexts,
+)
+from coinpp_pipeline.metrics import psnr
+
+CONFIG = GridConfig(factors=(2, 4, 8, 16), hidden=16, max_symbol=12, encode_steps=60)
+TRAIN = GridTrainConfig(steps=150, batch=12, rate_weights=(0.3, 3.0), latent_lr=0.1, seed=0)
+
+
+def fields(days: range) -> np.ndarray:
+    return np.concatenate([era5("t2m", d) for d in days])[:, ::4, ::4].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def train_data() -> np.ndarray:
+    return fields(range(5))
+
+
+@pytest.fixture(scope="module")
+def held_out() -> np.ndarray:
+    return fields(range(6, 7))[:2]
+
+
+@pytest.fixture(scope="module")
+def gmodel(train_data: np.ndarray) -> GridModel:
+    return train_grid_model(train_data, CONFIG, TRAIN)
+
+
+# ------------------------------------------------------------------------------ contexts
+def test_torch_contexts_match_the_coders_integer_contexts() -> None:
+    rng = np.random.default_rng(0)
+    shapes = CONFIG.level_shapes((46, 90))
+    grids = [rng.laplace(0, 1.5, size=(2, *s)).round().astype(np.int64) for s in shapes]
+    rounded = [torch.from_numpy(g.astype(np.float32)) for g in grids]
+    for lv in range(len(shapes)):
+        cc, ss = torch_contexts(rounded, lv)
+        for b in range(2):
+            coarse = grids[lv + 1][b] if lv + 1 < len(shapes) else None
+            np.testing.assert_array_equal(cc[b].numpy(), coarse_context(coarse, shapes[lv]))
+            np.testing.assert_array_equal(ss[b].numpy(), row_contexts(grids[lv][b]))
+
+
+def test_entropy_round_trip_is_exact_including_empty_levels() -> None:
+    rng = np.random.default_rng(1)
+    shapes = [(12, 23), (6, 12), (3, 6)]
+    train = [[rng.laplace(0, s, size=sh).round().clip(-5, 5).astype(np.int64) for s, sh in zip((0.5, 1, 2), shapes, strict=True)]
+             for _ in range(5)]
+    ent = GridEntropyModel.fit(train, 5)
+    items = [[rng.laplace(0, 1, size=sh).round().clip(-5, 5).astype(np.int64) for sh in shapes] for _ in range(3)]
+    items[1][0][:] = 0  # an empty level is flagged, not coded
+    items[2] = [np.zeros(sh, np.int64) for sh in shapes]
+    data = ent.compress(items)
+    back = ent.decompress(data, 3, shapes)
+    for a, b in zip(items, back, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert data[2] == 0  # the all-zero item has no level flagged
+    with pytest.raises(BitstreamError):
+        ent.decompress(data[:2], 3, shapes)
+    with pytest.raises(BitstreamError):
+        ent.decompress(bytes([0xFF]) + data[1:], 3, shapes)  # names a 4th..8th level
+    with pytest.raises(ValueError, match="outside"):
+        ent.compress([[np.full(sh, 6, np.int64) for sh in shapes]])
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="doubling"):
+        GridConfig(factors=(2, 3))
+    with pytest.raises(ValueError, match="upsample"):
+        GridConfig(upsample="nearest")  # type: ignore[arg-type]
+    assert GridConfig.from_dict(CONFIG.to_dict()) == CONFIG
+
+
+# ------------------------------------------------------------------------------ model
+def test_training_learns_and_model_file_round_trips(gmodel: GridModel) -> None:
+    hist = gmodel.report["history"]
+    assert hist[-1]["mse"] < 0.5 * hist[0]["mse"]
+    again = Model.from_bytes(gmodel.to_bytes(), sha256=gmodel.sha256)
+    assert isinstance(again, GridModel)
+    assert again.config == gmodel.config and again.config.field_shape == (46, 90)
+    assert again.to_bytes() == gmodel.to_bytes()
+
+
+def test_rate_weight_trades_bytes_for_fidelity_on_held_out_fields(gmodel: GridModel, held_out: np.ndarray,
+                                                                  train_data: np.ndarray) -> None:
+    results = []
+    for lam in (0.1, 1.0, 30.0):
+        blob = gmodel.encode(held_out, rate_weight=lam)
+        out = Model.from_bytes(gmodel.to_bytes()).decode(blob)
+        assert out.shape == held_out.shape and out.dtype == held_out.dtype
+        results.append((len(blob), psnr(held_out, out)))
+    sizes = [r[0] for r in results]
+    quality = [r[1] for r in results]
+    assert sizes[0] > sizes[1] > sizes[2]
+    assert quality[0] > quality[1] > quality[2] - 0.5
+    mean_only = psnr(held_out, np.broadcast_to(train_data.mean(0), held_out.shape))
+    assert quality[0] > mean_only + 3.0
+
+
+def test_encoding_is_deterministic(gmodel: GridModel, held_out: np.ndarray) -> None:
+    assert gmodel.encode(held_out[:1]) == gmodel.encode(held_out[:1])
+
+
+def test_error_bound_nan_mask_constant_and_integer_chunks(gmodel: GridModel, held_out: np.ndarray) -> None:
+    blob = gmodel.encode(held_out, max_abs_error=0.25, rate_weight=10.0)
+    assert set(unpack(blob).sections) == {"G", "R"}
+    assert np.abs(gmodel.decode(blob) - held_out).max() <= 0.25
+    x = held_out.copy()
+    x[0, 3:9, 10:40] = np.nan
+    out = gmodel.decode(gmodel.encode(x))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(x))
+    const = np.full((3, 46, 90), 250.5, np.float32)
+    np.testing.assert_array_equal(gmodel.decode(gmodel.encode(const)), const)
+    ints = np.rint(held_out * 10).astype(np.int16)
+    back = gmodel.decode(gmodel.encode(ints, max_abs_error=3))
+    assert back.dtype == np.int16 and np.abs(back.astype(int) - ints).max() <= 3
+
+
+def test_wrong_shapes_and_foreign_chunks_are_refused(gmodel: GridModel, held_out: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="climatology for fields of shape"):
+        gmodel.encode(held_out[:, :40])
+    with pytest.raises(ValueError, match="rate_weight"):
+        gmodel.encode(held_out, rate_weight=-1.0)
+    with pytest.raises(ValueError, match="H, W"):
+        gmodel.encode(held_out[0, 0])
+    other = train_grid_model(fields(range(1))[:2], CONFIG, GridTrainConfig(steps=2, batch=2))
+    with pytest.raises(ModelMismatchError):
+        other.decode(gmodel.encode(held_out[:1]))
+
+
+def test_patch_models_refuse_rate_weight() -> None:
+    from helpers import tiny_model
+
+    with pytest.raises(ValueError, match="latent-grid models only"):
+        tiny_model().encode(np.zeros((32, 48), np.float32) + 1.0, rate_weight=1.0)
+
+
+def test_model_without_climatology_takes_any_shape(train_data: np.ndarray) -> None:
+    cfg = GridConfig(factors=(2, 4, 8), hidden=8, max_symbol=8, encode_steps=10, climatology=False)
+    m = train_grid_model(train_data[:4, :32, :48], cfg, GridTrainConfig(steps=20, batch=4))
+    for shape in [(20, 30), (2, 46, 90)]:
+        x = train_data[: (shape[0] if len(shape) == 3 else 1), : shape[-2], : shape[-1]].reshape(shape)
+        out = m.decode(m.encode(x, max_abs_error=1.0))
+        assert out.shape == x.shape and np.abs(out - x).max() <= 1.0
+
+
+# ------------------------------------------------------------------------------ codecs
+def test_numcodecs_codec_with_rate_weight(gmodel: GridModel, held_out: np.ndarray) -> None:
+    codec = COINppCodec(gmodel, rate_weight=3.0, max_abs_error=0.5)
+    cfg = codec.get_config()
+    assert cfg["rate_weight"] == 3.0
+    again = numcodecs.get_codec(dict(cfg))
+    assert again == codec
+    out = again.decode(codec.encode(held_out))
+    assert np.abs(out - held_out).max() <= 0.5
+    # without a rate weight the stored configuration keeps its earlier keys
+    assert "rate_weight" not in COINppCodec(gmodel).get_config()
+    with pytest.raises(ValueError, match="rate_weight"):
+        COINppCodec(gmodel, rate_weight=float("nan"))
+
+
+def test_zarr_v3_array_with_grid_model(gmodel: GridModel, held_out: np.ndarray, tmp_path) -> None:
+    import zarr
+
+    from coinpp_pipeline.zarr_codec import COINppZarrCodec
+
+    codec = COINppZarrCodec(model=gmodel, rate_weight=1.0, max_abs_error=0.5)
+    arr = zarr.create_array(str(tmp_path / "g.zarr"), shape=held_out.shape, chunks=(1, 46, 90),
+                            dtype="float32", serializer=codec, compressors=None, zarr_format=3)
+    arr[...] = held_out
+    meta = zarr.open_array(str(tmp_path / "g.zarr")).metadata.to_dict()
+    assert meta["codecs"][0]["configuration"]["rate_weight"] == 1.0
+    back = zarr.open_array(str(tmp_path / "g.zarr"))[...]
+    assert np.abs(back - held_out).max() <= 0.5
