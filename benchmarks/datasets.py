@@ -8,16 +8,15 @@ data come from the repository's ``data/`` folder (see data/README.md for sources
   first 5 files (17 fields, 181x360); held-out = the 7 fields of the last 2 files, each its
   own 2-D ``(181, 360)`` chunk; mean = training mean field. Raw float32 (4 B/value).
 * ``hadcm3``: data/hadcm3-na, ``air_temperature``, 240 yearly fields 37x49. Train = scenario
-  A1B (240 fields); held-out = scenario E1 cut into 10 3-D chunks of 24 consecutive years
-  ``(24, 37, 49)``; mean = the A1B time-mean field broadcast to ``(24, 37, 49)``. Raw float32.
-  Caveat: both scenarios share the historical run, so E1's first 140 fields (1860-1999) are
-  bit-identical to A1B's: held-out chunks 0-4 and 20 of chunk 5's 24 years also occur in the
-  training split (of the classical codecs only the anomaly rows' mean sees the training data;
-  a COIN++ model trained on A1B would have seen them).
-* ``mri``: data/mri/example4d.nii.gz, int16 ``(x 128, y 96, z 24, t 2)``. Train = the lower
-  half ``[:, :, :12, t]`` of both time points (2 items ``(128, 96, 12)``); held-out = the upper
-  half ``[:, :, 12:, t]`` for t = 0, 1 (two 3-D chunks ``(128, 96, 12)``), as float32; mean
-  = mean of the two training blocks. Raw int16 (2 B/value).
+  A1B (240 fields, 1860-2099); held-out = scenario E1's years 2000-2099 (the last 100
+  fields) cut into 5 3-D chunks of 20 consecutive years ``(20, 37, 49)``; mean = the A1B
+  time-mean field broadcast to ``(20, 37, 49)``. Raw float32. E1's first 140 fields
+  (1860-1999, the shared historical run) are bit-identical to A1B's, so they are not used as
+  held-out data.
+* ``mri``: data/mri/example4d.nii.gz, int16 ``(x 128, y 96, z 24, t 2)``, stored slice-first
+  ``(z, x, y)``. Train = the lower half (slices z < 12) of both time points (2 items
+  ``(12, 128, 96)``); held-out = the upper half (z >= 12) for t = 0, 1 (two 3-D chunks
+  ``(12, 128, 96)``), as float32; mean = mean of the two training blocks. Raw int16.
 * ``image``: data/images, scikit-image sample photos. Held-out = ``camera.png``, one 2-D
   ``(512, 512)`` chunk as float32; train = astronaut (RGB -> gray, BT.601 weights, rounded),
   brick, grass, gravel (all 512x512, so they stack without resampling); mean = their mean.
@@ -40,7 +39,9 @@ ERA5_VARS = ("t2m", "msl", "u10", "v10")
 NAMES = tuple(f"era5:{v}" for v in ERA5_VARS) + ("hadcm3", "mri", "image")
 
 HADCM3_VAR = "air_temperature"
-HADCM3_BLOCK = 24
+HADCM3_BLOCK = 20
+#: E1's first 140 years (1860-1999) are A1B's historical run, bit for bit.
+HADCM3_SHARED = 140
 IMAGE_TEST = "camera.png"
 IMAGE_TRAIN = ("astronaut.png", "brick.png", "grass.png", "gravel.png")
 #: ITU-R BT.601 luma weights (as PIL's ``convert("L")``).
@@ -122,11 +123,12 @@ def load_hadcm3() -> Dataset:
     d = DATA / "hadcm3-na"
     train = load_variable(d / "A1B_north_america.nc", HADCM3_VAR).astype(np.float32)
     test = load_variable(d / "E1_north_america.nc", HADCM3_VAR).astype(np.float32)
+    test = test[HADCM3_SHARED:]
     n = test.shape[0] // HADCM3_BLOCK
     chunks = [test[i * HADCM3_BLOCK : (i + 1) * HADCM3_BLOCK] for i in range(n)]
     mean = np.broadcast_to(_mean(train), (HADCM3_BLOCK, *train.shape[1:]))
     desc = (f"HadCM3 North America June air temperature: train A1B {train.shape}, held-out E1 in "
-            f"{n} chunks of {HADCM3_BLOCK} years (E1 1860-1999 equals A1B)")
+            f"{n} chunks of {HADCM3_BLOCK} years from 2000 (E1 1860-1999 equals A1B and is not used)")
     return _finish("hadcm3", desc, train, chunks, mean, "float32")
 
 
@@ -135,8 +137,9 @@ def load_mri() -> Dataset:
     if vol.dtype != np.int16:
         raise ValueError(f"mri: expected int16, got {vol.dtype}")
     half = vol.shape[2] // 2
-    train = np.stack([vol[:, :, :half, t] for t in range(vol.shape[3])]).astype(np.float32)
-    chunks = [vol[:, :, half:, t] for t in range(vol.shape[3])]
+    zxy = vol.transpose(2, 0, 1, 3)  # slice-first: (z, x, y, t)
+    train = np.stack([zxy[:half, :, :, t] for t in range(vol.shape[3])]).astype(np.float32)
+    chunks = [zxy[half:, :, :, t] for t in range(vol.shape[3])]
     desc = (f"EPI MRI int16 {vol.shape}: train z<{half} of both time points, held-out z>={half} "
             f"per time point ({len(chunks)} 3-D chunks)")
     return _finish("mri", desc, train, chunks, _mean(train), "int16")

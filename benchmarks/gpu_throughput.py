@@ -1,7 +1,11 @@
 """Throughput on the accelerator (or the CPU): meta-training steps/s, encode and decode MB/s.
 
     python benchmarks/gpu_throughput.py                      # cuda when present, else CPU
-    python benchmarks/gpu_throughput.py --device cpu --seconds 20
+    python benchmarks/gpu_throughput.py --device cpu --steps 30 --batch 32 --grid-steps 20
+
+Two model kinds: the patch model (meta-training steps/s at each ``--batch``, encode at 3 and
+25 inner steps, decode) and the latent-grid model (training steps/s on whole 181x360
+fields, encode at ``--grid-encode-steps`` Adam steps, decode).
 
 Sized to finish in well under 5 minutes on one GPU: a short timed meta-training run on the
 ERA5 sample (first 5 days), then encode/decode of the 7 held-out fields, repeated, after a
@@ -20,6 +24,8 @@ from pathlib import Path
 import torch
 
 from coinpp_pipeline import ModelConfig, TrainConfig, meta_train
+from coinpp_pipeline.grid_model import GridTrainConfig, train_grid_model
+from coinpp_pipeline.latent_grid import GridConfig
 from coinpp_pipeline.metalearning import pick_device
 from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
 
@@ -37,6 +43,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--depth", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--grid-steps", type=int, default=300, help="grid-model training steps timed")
+    ap.add_argument("--grid-batch", type=int, default=6)
+    ap.add_argument("--grid-encode-steps", type=int, default=200)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
@@ -74,6 +83,30 @@ def main(argv: list[str] | None = None) -> dict:
         model.decode(blob)
     _sync(device)
     rows.append({"what": "decode", "value": mb * args.repeats / (time.perf_counter() - t), "unit": "MB/s"})
+
+    # latent-grid model
+    tc_g = GridTrainConfig(steps=args.grid_steps, batch=args.grid_batch, device=str(device),
+                           log_every=max(args.grid_steps, 1))
+    _sync(device)
+    t = time.perf_counter()
+    gmodel = train_grid_model(train, GridConfig(encode_steps=args.grid_encode_steps), tc_g)
+    _sync(device)
+    rows.append({"what": f"grid model: train, batch {args.grid_batch} fields (incl. table fit)",
+                 "value": args.grid_steps / (time.perf_counter() - t), "unit": "steps/s"})
+    gmodel.to(str(device))
+    gmodel.encode(test[:1], steps=5)  # warm-up
+    t = time.perf_counter()
+    gblob = gmodel.encode(test)
+    _sync(device)
+    rows.append({"what": f"grid model: encode, {args.grid_encode_steps} steps", "unit": "MB/s",
+                 "value": mb / (time.perf_counter() - t)})
+    gmodel.decode(gblob)
+    t = time.perf_counter()
+    for _ in range(args.repeats):
+        gmodel.decode(gblob)
+    _sync(device)
+    rows.append({"what": "grid model: decode", "value": mb * args.repeats / (time.perf_counter() - t),
+                 "unit": "MB/s"})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; model {args.depth}x{args.width}, 16x16 patches, t2m (7, 181, 360) held-out")
     for r in rows:

@@ -247,14 +247,18 @@ def search(fam: Family, fields: list[np.ndarray], raw_bytes: int, target: float,
 # ------------------------------------------------------------------------ COIN++
 def coinpp_rows(model_path: str, train: np.ndarray, test: np.ndarray, bits_list: list[int],
                 steps_list: list[int], rel_bounds: list[float], rng: float,
-                raw_bytes: int) -> list[dict]:
+                raw_bytes: int, rate_weights: list[float] | None = None,
+                grid_steps: list[int] | None = None) -> list[dict]:
     import torch  # noqa: F401  (imported lazily: only needed with --model)
 
     from coinpp_pipeline import Model
+    from coinpp_pipeline.grid_model import GridModel
     from coinpp_pipeline.model import with_bits
 
     base = Model.load(model_path)
-    print(f"COIN++: model {model_path} ({len(base.to_bytes())} B, {base.config.bits} bits)", flush=True)
+    grid = isinstance(base, GridModel)
+    print(f"COIN++: model {model_path} ({len(base.to_bytes())} B, "
+          f"{'latent grid' if grid else f'{base.config.bits} bits'})", flush=True)
     # each held-out chunk as one item: (1, *chunk_shape)
     fields = [test[i : i + 1] for i in range(test.shape[0])]
     rows: list[dict] = []
@@ -273,6 +277,15 @@ def coinpp_rows(model_path: str, train: np.ndarray, test: np.ndarray, bits_list:
         print(f"  {name:<22} {knob}  ratio {p['ratio']:8.1f}  PSNR {p['psnr']:6.2f}  "
               f"maxerr {p['max_abs_err']:.4g}  enc {enc_s:.1f}s", flush=True)
 
+    if grid:
+        for steps in grid_steps or [base.config.encode_steps]:
+            for lam in rate_weights or [base.config.rate_weight]:
+                run(base, f"COIN++ grid l{lam:g} s{steps}", {"rate_weight": lam, "steps": steps},
+                    steps=steps, rate_weight=lam)
+        for rel in rel_bounds:
+            run(base, f"COIN++ grid bound {rel:g}", {"steps": base.config.encode_steps, "rel_bound": rel,
+                                                     "max_abs_error": rel * rng}, max_abs_error=rel * rng)
+        return rows
     for bits in bits_list:
         t = time.perf_counter()
         model = base if bits == base.config.bits else with_bits(base, train, bits)
@@ -360,6 +373,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default=None, help="saved COIN++ model (adds the COIN++ rows)")
     ap.add_argument("--coinpp-bits", type=int, nargs="+", default=[2, 3, 4, 5, 6, 8])
     ap.add_argument("--coinpp-steps", type=int, nargs="+", default=[3, 25])
+    ap.add_argument("--rate-weights", type=float, nargs="+", default=[0.3, 1, 3, 10, 30, 100],
+                    help="latent-grid models: rate weights (lambda) to encode with")
+    ap.add_argument("--grid-steps", type=int, nargs="+", default=None,
+                    help="latent-grid models: encoder steps (default: the model's)")
     ap.add_argument("--coinpp-bounds", type=float, nargs="*", default=[1e-1, 3e-2, 1e-2],
                     help="error-bounded COIN++ points, x range")
     ap.add_argument("--out", default="benchmarks/results")
@@ -417,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.model:
         crow = coinpp_rows(args.model, ds.train, test, args.coinpp_bits, args.coinpp_steps,
-                           args.coinpp_bounds, rng, raw_bytes)
+                           args.coinpp_bounds, rng, raw_bytes, args.rate_weights, args.grid_steps)
         # the saved model's own file (with_bits refits have their own, slightly different sizes)
         info["model_bytes"] = Path(args.model).stat().st_size
         info["model"] = args.model
@@ -426,7 +443,8 @@ def main(argv: list[str] | None = None) -> dict:
             r["target"] = None
             r["hit"] = None
             kn = r["knob"]
-            r["series"] = (f"COIN++ steps {kn['steps']}" if "rel_bound" not in kn else "COIN++ error-bounded")
+            kind = "COIN++ grid" if "grid" in r["codec"] else "COIN++"
+            r["series"] = (f"{kind} steps {kn['steps']}" if "rel_bound" not in kn else f"{kind} error-bounded")
         rows.extend(crow)
     else:
         print("(no --model: COIN++ rows skipped)")
