@@ -55,6 +55,14 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     data = load_variable(list_sources(args.data), args.var)
+    if args.kind == "grid":
+        from .grid_model import GridTrainConfig, train_grid_model
+        from .latent_grid import GridConfig
+
+        gcfg = GridConfig.from_dict(GridConfig().to_dict() | json.loads(args.config or "{}"))
+        gmodel = train_grid_model(data, gcfg, GridTrainConfig(steps=args.steps), log=lambda r: print(r, flush=True))
+        print(gmodel.save(args.out))
+        return 0
     cfg = ModelConfig.from_dict(json.loads(args.config)) if args.config else ModelConfig()
     tcfg = TrainConfig(steps=args.steps)
     model = meta_train(data, cfg, tcfg, callback=lambda s, m: print(s, m, flush=True))
@@ -64,6 +72,13 @@ def _train(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     m = Model.load(args.model)
+    from .grid_model import GridModel
+
+    if isinstance(m, GridModel):
+        print(json.dumps({"sha256": m.sha256, "kind": "grid", "config": m.config.to_dict(),
+                          "mean": f"field {m.mean.shape}" if m.mean.ndim else float(m.mean),
+                          "std": m.std.tolist()}, indent=1))
+        return 0
     print(json.dumps({"sha256": m.sha256, "config": m.config.to_dict(),
                       "bits": m.quantizer.bits if m.quantizer else None,
                       "mean": m.mean.tolist(), "std": m.std.tolist()}, indent=1))
@@ -79,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--steps", type=int, default=300)
     q.add_argument("--out", default="runs/quickstart")
     q.set_defaults(fn=_quickstart)
-    t = sub.add_parser("train", help="meta-train a model on a NetCDF archive")
+    t = sub.add_parser("train", help="train a model on a NetCDF archive")
     t.add_argument("data")
     t.add_argument("--var", required=True)
-    t.add_argument("--config", help="ModelConfig as JSON")
+    t.add_argument("--kind", choices=["patch", "grid"], default="patch",
+                   help="patch: COIN++ patch latents (default); grid: latent-grid model")
+    t.add_argument("--config", help="ModelConfig (patch) or GridConfig (grid) fields as JSON")
     t.add_argument("--steps", type=int, default=2000)
     t.add_argument("--out", required=True, help="model URL (any fsspec URL)")
     t.set_defaults(fn=_train)

@@ -330,3 +330,26 @@ def train_grid_model(
               "history": history, "train_seconds": time.perf_counter() - t0}
     out = GridModel(config, net.cpu(), mean.astype(np.float32), std, entropy, report)
     return out
+
+
+def fit_rate_proxy(model: GridModel) -> GridModel:
+    """A copy of ``model`` whose rate proxy (the Laplace scales the encoder optimises
+    against) is refitted to the coder's frequency tables: for every context, the scale that
+    minimises the cross-entropy between the table and the quantized Laplace. Decoding does
+    not depend on the proxy; encoding then spends bits where the real coder charges them."""
+    counts = model.tables.counts.astype(np.float64)
+    p = counts / counts.sum(-1, keepdims=True)  # (L, NC, NS, 2K+1)
+    k = np.arange(counts.shape[-1]) - model.tables.max_symbol
+    scales = np.exp(np.linspace(np.log(0.02), np.log(50.0), 256))
+
+    def cdf(v: np.ndarray) -> np.ndarray:
+        return 0.5 + 0.5 * np.sign(v) * (1 - np.exp(-np.abs(v) / scales[:, None]))
+
+    q = np.clip(cdf(k[None] + 0.5) - cdf(k[None] - 0.5), 1e-12, 1.0)  # (S, 2K+1)
+    xent = -np.einsum("...k,sk->...s", p, np.log(q))
+    best = scales[np.argmin(xent, axis=-1)]
+    net = GridSynthesis(model.config)
+    net.load_state_dict(model.network.state_dict())
+    with torch.no_grad():
+        net.log_scale.copy_(torch.from_numpy(np.log(best)).float())
+    return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, dict(model.report))

@@ -195,3 +195,17 @@ def test_zarr_v3_array_with_grid_model(gmodel: GridModel, held_out: np.ndarray, 
     assert meta["codecs"][0]["configuration"]["rate_weight"] == 1.0
     back = zarr.open_array(str(tmp_path / "g.zarr"))[...]
     assert np.abs(back - held_out).max() <= 0.5
+
+
+def test_cli_trains_and_describes_a_grid_model(tmp_path, capsys) -> None:
+    from helpers import ERA5_FILES
+
+    from coinpp_pipeline.cli import main
+
+    out = tmp_path / "g.coinpp"
+    assert main(["train", str(ERA5_FILES[0]), "--var", "t2m", "--kind", "grid", "--steps", "3",
+                 "--config", '{"factors": [2, 4], "hidden": 4, "max_symbol": 4}', "--out", str(out)]) == 0
+    sha = capsys.readouterr().out.strip().splitlines()[-1]
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert '"kind": "grid"' in info and sha in info and "field (181, 360)" in info
