@@ -66,6 +66,7 @@ class ArchiveJob:
     steps: int | None = None
     max_abs_error: float | None = None
     rel_error: float | None = None
+    rate_weight: float | None = None  # latent-grid models only
     storage_options: dict[str, Any] = field(default_factory=dict)
     source_storage_options: dict[str, Any] = field(default_factory=dict)
     file_times: list[int] = field(default_factory=list)  # items per source file
@@ -103,6 +104,8 @@ def plan_archive(job: ArchiveJob) -> ArchiveJob:
 def _encoding(job: ArchiveJob, var: str, shape: tuple[int, ...]) -> dict[str, Any]:
     params: dict[str, Any] = {"model": job.model_hashes[var], "model_url": job.models[var], "steps": job.steps,
               "max_abs_error": job.max_abs_error, "rel_error": job.rel_error}
+    if job.rate_weight is not None:
+        params["rate_weight"] = job.rate_weight
     chunks = (job.time_chunk, *shape[1:])
     if job.zarr_format == 2:
         return {"chunks": chunks, "compressors": [COINppCodec(**params)], "filters": None}
@@ -313,7 +316,8 @@ def finalize_store(job: ArchiveJob, results: list[RegionResult]) -> dict[str, di
             "package_version": __version__,
             "models": {v: {"sha256": job.model_hashes[v], "url": job.models[v]} for v in job.variables},
             "sources": job.sources,
-            "codec": {"steps": job.steps, "max_abs_error": job.max_abs_error, "rel_error": job.rel_error},
+            "codec": {"steps": job.steps, "max_abs_error": job.max_abs_error, "rel_error": job.rel_error,
+                      **({"rate_weight": job.rate_weight} if job.rate_weight is not None else {})},
         }
     })
     if job.zarr_format == 2:

@@ -327,6 +327,7 @@ def train_grid_model(
     final = [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in latents]
     entropy = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], k)
     report = {"kind": KIND, "train": train.to_dict(), "items": int(x.shape[0]), "field_shape": list(hw),
+              "device": str(device),
               "history": history, "train_seconds": time.perf_counter() - t0}
     out = GridModel(config, net.cpu(), mean.astype(np.float32), std, entropy, report)
     return out

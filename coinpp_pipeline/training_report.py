@@ -27,12 +27,18 @@ def learning_curve_png(report: dict[str, Any], url: str, storage_options: dict[s
         return None
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [h["val_psnr"] for h in history], "o-", label="validation PSNR (normalised units)")
-    ax.set_xlabel("outer step")
-    ax.set_ylabel("dB")
-    ax2 = ax.twinx()
-    ax2.semilogy(steps, [h["train_loss"] for h in history], "r--", label="training loss")
-    ax2.set_ylabel("MSE (normalised)")
+    if "val_psnr" in history[0]:  # patch model (meta-learning)
+        ax.plot(steps, [h["val_psnr"] for h in history], "o-", label="validation PSNR (normalised units)")
+        ax.set_xlabel("outer step")
+        ax.set_ylabel("dB")
+        ax2 = ax.twinx()
+        ax2.semilogy(steps, [h["train_loss"] for h in history], "r--", label="training loss")
+        ax2.set_ylabel("MSE (normalised)")
+    else:  # latent-grid model: training MSE and bits per value
+        ax.semilogy(steps, [h["mse"] for h in history], "o-", label="training MSE (normalised)")
+        ax.set_xlabel("step")
+        ax2 = ax.twinx()
+        ax2.plot(steps, [h["bpv"] for h in history], "r--", label="bits/value (rate proxy)")
     fig.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -45,6 +51,20 @@ def learning_curve_png(report: dict[str, Any], url: str, storage_options: dict[s
 
 def report_markdown(model: Model, url: str, curve: str | None) -> str:
     r = model.report
+    if r.get("kind") == "grid":
+        last = (r.get("history") or [{}])[-1]
+        lines = [
+            f"# COIN++ latent-grid model `{model.sha256[:16]}…`",
+            "",
+            f"- file: `{url}` ({len(model.to_bytes()):,} bytes), sha256 `{model.sha256}`",
+            f"- config: {model.config.to_dict()}",
+            f"- training: {r.get('items')} fields of shape {r.get('field_shape')}, "
+            f"{r.get('train_seconds', 0):.0f} s; final MSE {last.get('mse', float('nan')):.4f} "
+            f"(normalised), {last.get('bpv', float('nan')):.4f} bits/value",
+        ]
+        if curve:
+            lines += ["", f"Learning curve: `{curve}`"]
+        return "\n".join(lines)
     lines = [
         f"# COIN++ model `{model.sha256[:16]}…`",
         "",

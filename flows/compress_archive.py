@@ -132,6 +132,8 @@ def compress_archive(
     dask_address: str | None = None,
     storage_options: dict[str, Any] | None = None,
     source_storage_options: dict[str, Any] | None = None,
+    model_kind: Literal["patch", "grid"] = "patch",
+    rate_weight: Annotated[float, Field(ge=0)] | None = None,
 ) -> dict[str, Any]:
     """Compress ``variables`` of the archive at ``source`` into the Zarr store ``target``.
 
@@ -139,7 +141,10 @@ def compress_archive(
     is missing), a model is meta-trained first (subflow ``meta-train``, ``train_steps`` steps)
     and written to ``model_dir`` as ``<sha256>.coinpp`` (default: beside the store,
     ``<target>.models/``; put that directory on ``COINPP_MODEL_PATH`` for readers).
-    Codec parameters: ``steps`` (inner steps), ``max_abs_error`` / ``rel_error`` (error bound).
+    Codec parameters: ``steps`` (inner steps), ``max_abs_error`` / ``rel_error`` (error bound),
+    ``rate_weight`` (latent-grid models: larger = smaller store). ``model_kind``: the kind of
+    model trained when none is given ("patch" COIN++ or "grid" latent-grid, whose climatology
+    needs whole fields per chunk — the default chunking here).
     Returns per-variable statistics (raw bytes, stored bytes, ratio, PSNR, max abs error).
     """
     logger = get_run_logger()
@@ -152,7 +157,7 @@ def compress_archive(
         if not models.get(v):
             out = meta_train_flow(source=sources, variable=v, output=f"{model_dir}/",
                                   architecture=architecture, steps=train_steps, time_dim=time_dim,
-                                  storage_options=storage_options)
+                                  storage_options=storage_options, kind=model_kind)
             models[v] = out["url"]
     hashes = {}
     for v in variables:
@@ -162,6 +167,7 @@ def compress_archive(
         sources=sources, target=target, variables=list(variables), models=models,
         model_hashes=hashes, time_dim=time_dim, time_chunk=time_chunk, region_chunks=region_chunks,
         zarr_format=zarr_format, steps=steps, max_abs_error=max_abs_error, rel_error=rel_error,
+        rate_weight=rate_weight,
         storage_options=storage_options or {}, source_storage_options=source_storage_options or {},
     )
     allow_model_urls(*models.values())

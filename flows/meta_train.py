@@ -4,13 +4,17 @@ A thin wrapper over :func:`coinpp_pipeline.meta_train`: reads the training items
 ``cuda`` when the worker has a GPU (CPU otherwise), checkpoints every
 ``checkpoint_every`` steps beside the output so a retried or crashed run resumes, writes the
 model (identified by its sha256) and publishes a training report as Prefect artifacts.
+
+``kind="grid"`` trains a latent-grid model instead (:func:`coinpp_pipeline.grid_model.train_grid_model`;
+``architecture`` then holds :class:`~coinpp_pipeline.latent_grid.GridConfig` fields, ``batch_size``
+and ``first_order`` do not apply, and the run does not checkpoint: a crashed run starts over).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -20,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # deployments r
 
 from coinpp_pipeline import ModelConfig, TrainConfig  # noqa: E402
 from coinpp_pipeline import meta_train as _meta_train  # noqa: E402
+from coinpp_pipeline.grid_model import GridTrainConfig, train_grid_model  # noqa: E402
+from coinpp_pipeline.latent_grid import GridConfig  # noqa: E402
 from coinpp_pipeline.sources import list_sources, open_source  # noqa: E402
 from coinpp_pipeline.training_report import artifact_key, learning_curve_png, report_markdown  # noqa: E402
 
@@ -60,6 +66,7 @@ def meta_train_flow(
     time_dim: str = "time",
     max_items: int | None = None,
     storage_options: dict[str, Any] | None = None,
+    kind: Literal["patch", "grid"] = "patch",
 ) -> dict[str, Any]:
     """Meta-train on ``variable`` of the archive at ``source``; write the model to ``output``.
 
@@ -68,19 +75,28 @@ def meta_train_flow(
     (default: a lat/lon model for 1° global fields). Returns ``{"sha256", "url", ...}``.
     """
     logger = get_run_logger()
-    cfg = ModelConfig.from_dict(architecture or ERA5_DEFAULT)
-    tcfg = TrainConfig(steps=steps, batch_size=batch_size, outer_lr=outer_lr, val_fraction=val_fraction,
-                       first_order=first_order, seed=seed, device=device,
-                       val_every=max(min(100, steps // 10), 1))
     data: Any = load_training_items(source, variable, time_dim, max_items, storage_options or {})
-    logger.info("meta-training %s on %d items of shape %s", variable, data.shape[0], data.shape[1:])
-
-    def on_val(step: int, m: dict[str, float]) -> None:
-        logger.info("step %d/%d  loss %.5f  validation %.2f dB (normalised)", step, steps, m["train_loss"], m["val_psnr"])
-
+    logger.info("training a %s model for %s on %d items of shape %s", kind, variable, data.shape[0], data.shape[1:])
     work = output.rstrip("/") + f"/{variable}" if output.endswith("/") else output
-    model = _meta_train(data, cfg, tcfg, callback=on_val, checkpoint_url=work + ".ckpt",
-                        checkpoint_every=checkpoint_every)
+    model: Any
+    if kind == "grid":
+        gcfg = GridConfig.from_dict(GridConfig().to_dict() | (architecture or {}))
+        gtc = GridTrainConfig(steps=steps, lr=outer_lr, seed=seed, device=device,
+                              log_every=max(min(100, steps // 10), 1))
+        model = train_grid_model(data, gcfg, gtc, log=lambda r: logger.info(
+            "step %d/%d  mse %.5f  bits/value %.4f (normalised)", r["step"], steps, r["mse"], r["bpv"]))
+    else:
+        cfg = ModelConfig.from_dict(architecture or ERA5_DEFAULT)
+        tcfg = TrainConfig(steps=steps, batch_size=batch_size, outer_lr=outer_lr, val_fraction=val_fraction,
+                           first_order=first_order, seed=seed, device=device,
+                           val_every=max(min(100, steps // 10), 1))
+
+        def on_val(step: int, m: dict[str, float]) -> None:
+            logger.info("step %d/%d  loss %.5f  validation %.2f dB (normalised)", step, steps, m["train_loss"],
+                        m["val_psnr"])
+
+        model = _meta_train(data, cfg, tcfg, callback=on_val, checkpoint_url=work + ".ckpt",
+                            checkpoint_every=checkpoint_every)
     if output.endswith("/"):
         output = f"{output}{model.sha256}.coinpp"
     sha = model.save(output, **(storage_options or {}))

@@ -331,3 +331,27 @@ def test_meta_train_flow_names_model_by_hash_and_resumes(tmp_path: Path) -> None
     assert kinds == {"meta-train-t2m-history": "table", "meta-train-t2m-report": "markdown"}
     report = next(a for a in arts if a.key == "meta-train-t2m-report")
     assert sha[:12] in str(report.data)
+
+
+def test_grid_model_kind_through_both_flows(tmp_path: Path) -> None:
+    """compress-archive with model_kind="grid": the meta-train subflow trains a latent-grid
+    model, the store records rate_weight in its codec, and readers get values within the bound."""
+    files = ERA5_FILES[:2]
+    target = tmp_path / "grid.zarr"
+    from flows.compress_archive import compress_archive
+
+    arch = {"factors": [2, 4, 8], "hidden": 8, "max_symbol": 8, "encode_steps": 20}
+    stats = compress_archive(source=[str(f) for f in files], target=str(target), variables=["t2m"],
+                             model_kind="grid", architecture=arch, train_steps=20, rate_weight=3.0,
+                             max_abs_error=BOUND, region_chunks=4)
+    assert stats["stats"]["t2m"]["ratio"] > 1
+    codec = zarr.open_array(str(target), path="t2m").metadata.to_dict()["codecs"][0]["configuration"]
+    assert codec["rate_weight"] == 3.0
+    from coinpp_pipeline import Model
+    from coinpp_pipeline.grid_model import GridModel
+
+    model_files = list((tmp_path / "grid.zarr.models").glob("*.coinpp"))
+    assert len(model_files) == 1 and isinstance(Model.load(str(model_files[0])), GridModel)
+    got = _open(target)["t2m"].values
+    want = _source([str(f) for f in files])["t2m"].values
+    assert got.shape == want.shape and np.abs(got - want).max() <= BOUND
