@@ -23,7 +23,7 @@ from . import bitstream, checkpoints
 from .errors import BitstreamError, ModelMismatchError
 from .latent_grid import GridConfig, GridEntropyModel, GridSynthesis
 from .metalearning import pick_device
-from .model import Model, _encode_residual, _Parsed, _stable, check_dtype
+from .model import Model, _encode_residual, _Parsed, _stable, check_input
 
 KIND = "grid"
 #: Fields fitted together in one batch when encoding (bounded activations).
@@ -172,14 +172,7 @@ class GridModel(Model):
         """Compress ``array (*items, H, W)`` to chunk bytes. ``rate_weight`` (lambda) sets the
         rate: larger = smaller and less exact; ``steps`` the encoder's gradient steps;
         ``max_abs_error`` adds the error-bounded residual layer."""
-        a = np.ascontiguousarray(array)
-        check_dtype(a.dtype)
-        if a.size > bitstream.MAX_ELEMENTS:
-            raise ValueError(f"array of {a.size} values exceeds the chunk limit of {bitstream.MAX_ELEMENTS}; use smaller chunks")
-        if a.dtype.kind == "f" and np.isinf(a).any():
-            raise ValueError("array holds infinite values, which coinpp cannot encode; mask them as NaN")
-        if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error > 0):
-            raise ValueError(f"max_abs_error must be a positive finite number, got {max_abs_error}")
+        a = check_input(array, max_abs_error)
         lam = self.config.rate_weight if rate_weight is None else float(rate_weight)
         if not (math.isfinite(lam) and lam >= 0):
             raise ValueError(f"rate_weight must be a finite number >= 0, got {rate_weight}")

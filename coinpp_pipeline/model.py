@@ -48,6 +48,20 @@ def check_dtype(dtype: np.dtype) -> None:
         )
 
 
+def check_input(array: np.ndarray, max_abs_error: float | None) -> np.ndarray:
+    """The C-contiguous array to encode, after the checks every model kind shares (dtype,
+    chunk size, no infinities, a valid bound); raises TypeError/ValueError naming the problem."""
+    a = np.ascontiguousarray(array)
+    check_dtype(a.dtype)
+    if a.size > bitstream.MAX_ELEMENTS:
+        raise ValueError(f"array of {a.size} values exceeds the chunk limit of {bitstream.MAX_ELEMENTS}; use smaller chunks")
+    if a.dtype.kind == "f" and np.isinf(a).any():
+        raise ValueError("array holds infinite values, which coinpp cannot encode; mask them as NaN")
+    if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error > 0):
+        raise ValueError(f"max_abs_error must be a positive finite number, got {max_abs_error}")
+    return a
+
+
 class Model:
     """A meta-learned COIN++ model. Create with :func:`coinpp_pipeline.meta_train` or
     :meth:`Model.load`; identified by the sha256 of its saved bytes (:attr:`sha256`)."""
@@ -196,14 +210,7 @@ class Model:
                 "rate_weight applies to latent-grid models only; a patch model's rate is set by "
                 "its quantizer bits (coinpp_pipeline.model.with_bits)"
             )
-        a = np.ascontiguousarray(array)
-        check_dtype(a.dtype)
-        if a.size > bitstream.MAX_ELEMENTS:
-            raise ValueError(f"array of {a.size} values exceeds the chunk limit of {bitstream.MAX_ELEMENTS}; use smaller chunks")
-        if a.dtype.kind == "f" and np.isinf(a).any():
-            raise ValueError("array holds infinite values, which coinpp cannot encode; mask them as NaN")
-        if max_abs_error is not None and not (math.isfinite(max_abs_error) and max_abs_error > 0):
-            raise ValueError(f"max_abs_error must be a positive finite number, got {max_abs_error}")
+        a = check_input(array, max_abs_error)
         items, _ = split_items(a, self.config)
         layout = PatchLayout.for_shape(items.shape[1:-1], self.config)
         x = items.astype(np.float64)
