@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import bitstream, checkpoints
-from .errors import BitstreamError, ModelMismatchError
+from .errors import BitstreamError
 from .latent_grid import GridConfig, GridEntropyModel, GridSynthesis
 from .metalearning import pick_device
 from .model import Model, _encode_residual, _Parsed, _stable, check_input
@@ -117,9 +117,7 @@ class GridModel(Model):
         if not self.config.climatology:
             return None
         if self._clim is None:
-            m = self.mean.astype(np.float64)
-            c = (m - m.mean()) / max(float(m.std()), 1e-12)
-            self._clim = torch.from_numpy(c.astype(np.float32))[None, None].to(self.device)
+            self._clim = climatology_input(self.mean, self.device)
         return self._clim
 
     def _normalise(self, x: np.ndarray) -> np.ndarray:
@@ -219,11 +217,7 @@ class GridModel(Model):
         return out
 
     def _parse(self, data: bytes | bytearray | memoryview) -> _Parsed:
-        chunk = bitstream.unpack(data)
-        if chunk.model_id != self.model_id:
-            raise ModelMismatchError(
-                f"chunk was written by model {chunk.model_id.hex()}…, not by this model {self.sha256[:16]}…"
-            )
+        chunk = self._unpack_own(data)
         try:
             hw = self._shape(chunk.shape)
         except ValueError as exc:
@@ -232,17 +226,21 @@ class GridModel(Model):
             raise BitstreamError(f"chunk layout {chunk.patch} differs from its field shape {hw}")
         b = math.prod(chunk.shape[:-2])
         full = (b, *hw, 1)
-        invalid = None
-        if "M" in chunk.sections:
-            invalid = bitstream.unpack_mask(chunk.sections["M"], full)
-            if chunk.dtype.kind != "f":
-                raise BitstreamError("integer chunk cannot carry a mask of missing values")
+        invalid = self._invalid_mask(chunk, full)
         if "L" in chunk.sections:
             raise BitstreamError("chunk holds patch latents (section L), not latent grids")
         return _Parsed(chunk, None, b, full, invalid)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------ training
+def climatology_input(mean: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The mean field ``(H, W)`` standardised to zero mean and unit std -> ``(1, 1, H, W)``,
+    the synthesis network's climatology channel."""
+    m = np.asarray(mean, np.float64)
+    c = (m - m.mean()) / max(float(m.std()), 1e-12)
+    return torch.from_numpy(c.astype(np.float32))[None, None].to(device)
+
+
 def train_grid_model(
     data: np.ndarray, config: GridConfig | None = None, train: GridTrainConfig | None = None,
     log: Any = None,
@@ -275,9 +273,9 @@ def train_grid_model(
     torch.manual_seed(train.seed)
     device = pick_device(train.device)
     net = GridSynthesis(config).to(device)
-    model = GridModel(config, net, mean.astype(np.float32), std, GridEntropyModel(np.ones((config.levels, 1, 1, 3), np.int64)))
-    model.device = device
-    normed = torch.from_numpy(np.where(valid, model._normalise(x), 0.0).astype(np.float32)).to(device)
+    mean32 = mean.astype(np.float32)
+    std32 = float(np.float32(std))  # the model stores std as float32: normalise as it will
+    normed = torch.from_numpy(np.where(valid, (x - mean32.astype(np.float64)) / std32, 0.0).astype(np.float32)).to(device)
     mask = torch.from_numpy(valid.astype(np.float32)).to(device)
     lams = torch.tensor([lam for _ in range(x.shape[0]) for lam in train.rate_weights], device=device)
     item = torch.tensor([i for i in range(x.shape[0]) for _ in train.rate_weights], device=device)
@@ -287,7 +285,7 @@ def train_grid_model(
                             {"params": latents, "lr": train.latent_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(train.steps, 1))
     gen = torch.Generator(device="cpu").manual_seed(train.seed)
-    clim = model._climatology()
+    clim = climatology_input(mean32, device) if config.climatology else None
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     net.train()
@@ -322,8 +320,7 @@ def train_grid_model(
     report = {"kind": KIND, "train": train.to_dict(), "items": int(x.shape[0]), "field_shape": list(hw),
               "device": str(device),
               "history": history, "train_seconds": time.perf_counter() - t0}
-    out = GridModel(config, net.cpu(), mean.astype(np.float32), std, entropy, report)
-    return out
+    return GridModel(config, net.cpu(), mean32, std, entropy, report)
 
 
 def fit_rate_proxy(model: GridModel) -> GridModel:

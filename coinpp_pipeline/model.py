@@ -268,13 +268,28 @@ class Model:
                 offset += p.items
         return [r for r in results if r is not None]
 
-    def _parse(self, data: bytes | bytearray | memoryview) -> _Parsed:
+    def _unpack_own(self, data: bytes | bytearray | memoryview) -> bitstream.Chunk:
+        """Unpack and verify chunk bytes and check they were written by this model."""
         chunk = bitstream.unpack(data)
         if chunk.model_id != self.model_id:
             raise ModelMismatchError(
                 f"chunk was written by model {chunk.model_id.hex()}…, not by this model "
                 f"{self.sha256[:16]}…"
             )
+        return chunk
+
+    @staticmethod
+    def _invalid_mask(chunk: bitstream.Chunk, full: tuple[int, ...]) -> np.ndarray | None:
+        """The chunk's mask of missing values ``full``-shaped, or None."""
+        if "M" not in chunk.sections:
+            return None
+        invalid = bitstream.unpack_mask(chunk.sections["M"], full)
+        if chunk.dtype.kind != "f":
+            raise BitstreamError("integer chunk cannot carry a mask of missing values")
+        return invalid
+
+    def _parse(self, data: bytes | bytearray | memoryview) -> _Parsed:
+        chunk = self._unpack_own(data)
         try:
             item_shape, spatial = split_shape(chunk.shape, self.config)
             layout = PatchLayout.for_shape(spatial, self.config)
@@ -284,12 +299,7 @@ class Model:
             raise BitstreamError(f"chunk patch layout {chunk.patch} differs from the model's {layout.patch}")
         b = math.prod(item_shape)
         full = (b, *layout.shape, self.config.channels)
-        invalid = None
-        if "M" in chunk.sections:
-            invalid = bitstream.unpack_mask(chunk.sections["M"], full)
-            if chunk.dtype.kind != "f":
-                raise BitstreamError("integer chunk cannot carry a mask of missing values")
-        return _Parsed(chunk, layout, b, full, invalid)
+        return _Parsed(chunk, layout, b, full, self._invalid_mask(chunk, full))
 
 
 class _Parsed:
