@@ -28,6 +28,24 @@ from .model import Model, _encode_residual, _Parsed, _stable, check_input
 KIND = "grid"
 #: Fields fitted together in one batch when encoding (bounded activations).
 ENCODE_BATCH = 8
+#: Share of the encoder's steps with additive uniform noise; the rest anneal the rounding.
+NOISE_FRACTION = 0.5
+#: Temperature of the stochastic Gumbel annealing: from the first to the second value,
+#: geometrically over the annealing steps.
+SGA_TAU = (0.5, 0.01)
+
+
+def soft_round_sga(z: torch.Tensor, tau: float, gen: torch.Generator) -> torch.Tensor:
+    """Stochastic Gumbel annealing (Yang, Bamler & Mandt, NeurIPS 2020) of ``z`` (any shape):
+    a differentiable random mix of ``floor(z)`` and ``floor(z) + 1``, weighted by a
+    Gumbel-softmax at temperature ``tau`` over logits ``-atanh(distance) / tau``; as
+    ``tau -> 0`` it becomes a hard choice, mostly of the nearer integer."""
+    fl = torch.floor(z).detach()
+    r = (z - fl).clamp(1e-4, 1 - 1e-4)
+    logits = torch.stack([-torch.atanh(r), -torch.atanh(1 - r)], -1) / tau
+    u = torch.rand(logits.shape, generator=gen, device=z.device).clamp(1e-9, 1 - 1e-9)
+    w = torch.softmax(logits - torch.log(-torch.log(u)), -1)
+    return fl + w[..., 1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +143,12 @@ class GridModel(Model):
 
     def fit_grids(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float) -> list[np.ndarray]:
         """Encode normalised fields ``(B, H, W)`` (invalid points ignored) -> ``L`` int64
-        grids ``(B, h_l, w_l)`` in ``[-K, K]``."""
+        grids ``(B, h_l, w_l)`` in ``[-K, K]``.
+
+        Adam on ``MSE + rate_weight * bits``: the first half of the steps with additive
+        uniform noise standing in for rounding, the second half with stochastic Gumbel
+        annealing (:func:`soft_round_sga`), so the latents settle on integers the decoder
+        will see; finally rounded. Deterministic (seeded) for a given machine and input."""
         shape = (normed.shape[1], normed.shape[2])
         shapes = self.config.level_shapes(shape)
         k = self.config.max_symbol
@@ -138,18 +161,19 @@ class GridModel(Model):
         if steps > 0:
             opt = torch.optim.Adam(zs, lr=self.config.encode_lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+            n_noise = int(NOISE_FRACTION * steps)
             with torch.enable_grad():
                 for step in range(steps):
-                    noise = [torch.rand(z.shape, generator=gen, device=self.device) - 0.5 for z in zs]
-                    noisy = [z + u for z, u in zip(zs, noise, strict=True)]
                     rounded = [torch.round(z).detach() for z in zs]
-                    if step < 0.7 * steps:
-                        zq = noisy
+                    if step < n_noise:
+                        zq = [z + torch.rand(z.shape, generator=gen, device=self.device) - 0.5 for z in zs]
                     else:
-                        zq = [z + (r - z).detach() for z, r in zip(zs, rounded, strict=True)]
+                        frac = (step - n_noise) / max(steps - n_noise - 1, 1)
+                        tau = SGA_TAU[0] * (SGA_TAU[1] / SGA_TAU[0]) ** frac
+                        zq = [soft_round_sga(z, tau, gen) for z in zs]
                     rec = self.network(zq, clim, shape)
                     mse = (((rec - x) ** 2) * m).flatten(1).sum(1) / count
-                    bits = self.network.rate_bits(noisy, rounded)  # type: ignore[operator]
+                    bits = self.network.rate_bits(zq, rounded)  # type: ignore[operator]
                     loss = (mse + rate_weight * bits / (shape[0] * shape[1])).sum()
                     opt.zero_grad()
                     loss.backward()

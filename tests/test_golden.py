@@ -1,10 +1,11 @@
 """Golden fixtures: committed chunks decoded by the committed model file.
 
 These files guard the on-disk formats (chunk format version 1, model file format
-version 1). A change that makes them fail is a format change: it requires a format
+version 1), for the patch model and (``make_golden_grid.py``) the latent-grid model's
+section ``G``. A change that makes them fail is a format change: it requires a format
 version bump (``bitstream.FORMAT_VERSION`` / ``checkpoints.MODEL_FORMAT_VERSION``) and
 readers for the old version, not just regenerated fixtures. Regenerate only for a
-deliberate, versioned change, with ``.venv/bin/python tests/fixtures/make_golden.py``,
+deliberate, versioned change, with ``.venv/bin/python tests/fixtures/make_golden.py`` (or ``make_golden_grid.py``),
 and update the constants below.
 
 Forward passes may differ in the last bits across machines, so decoded floats are compared
@@ -25,6 +26,8 @@ from coinpp_pipeline import Model, ModelConfig
 from coinpp_pipeline.bitstream import FORMAT_VERSION, unpack
 from coinpp_pipeline.checkpoints import MODEL_FORMAT_VERSION
 from coinpp_pipeline.coordinates import PatchLayout, split_shape
+from coinpp_pipeline.grid_model import GridModel
+from coinpp_pipeline.latent_grid import GridConfig
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 MODEL_FILE = FIXTURES / "golden_model.coinpp"
@@ -101,3 +104,54 @@ def test_entropy_decoded_symbols_exact(name: str, model: Model) -> None:
     assert model.entropy is not None
     symbols = model.entropy.decompress(chunk.sections["L"], n)
     np.testing.assert_array_equal(symbols, np.load(FIXTURES / f"golden_{name}_symbols.npy"))
+
+
+# ------------------------------------------------------------------ latent-grid model (section G)
+GRID_MODEL_FILE = FIXTURES / "golden_grid_model.coinpp"
+GRID_MODEL_SHA256 = "14b2c78357efb2814f09d6e32a0ef755c985a25b9c02a494079b30dc1fefa6fa"
+#: name -> (shape, sections); every grid chunk is float32 with the layout (32, 48).
+GRID_EXPECTED: dict[str, tuple[tuple[int, ...], set[str]]] = {
+    "fields": ((2, 32, 48), {"G"}),
+    "nan": ((32, 48), {"G", "M"}),
+    "bounded": ((32, 48), {"G", "R"}),
+}
+
+
+@pytest.fixture(scope="module")
+def grid_model() -> GridModel:
+    m = Model.load(str(GRID_MODEL_FILE), sha256=GRID_MODEL_SHA256)
+    assert isinstance(m, GridModel)
+    return m
+
+
+def test_grid_model_file(grid_model: GridModel) -> None:
+    assert grid_model.config == GridConfig(
+        factors=(2, 4, 8), hidden=8, max_symbol=8, field_shape=(32, 48), encode_steps=40, rate_weight=0.01)
+    grid_model._bytes = None
+    try:
+        assert grid_model.to_bytes() == GRID_MODEL_FILE.read_bytes()
+    finally:
+        grid_model._bytes = GRID_MODEL_FILE.read_bytes()
+
+
+@pytest.mark.parametrize("name", sorted(GRID_EXPECTED))
+def test_grid_chunks_decode_as_stored(name: str, grid_model: GridModel) -> None:
+    shape, sections = GRID_EXPECTED[name]
+    blob = (FIXTURES / f"golden_grid_{name}.bin").read_bytes()
+    chunk = unpack(blob)
+    assert (chunk.dtype, chunk.shape, chunk.patch) == (np.dtype("<f4"), shape, (32, 48))
+    assert chunk.model_id == bytes.fromhex(GRID_MODEL_SHA256)[:8]
+    assert set(chunk.sections) == sections
+    n = math.prod(shape[:-2])
+    items = grid_model.tables.decompress(chunk.sections["G"], n, grid_model.config.level_shapes((32, 48)))
+    symbols = np.concatenate([g.ravel() for item in items for g in item])
+    expected_symbols = np.load(FIXTURES / f"golden_grid_{name}_symbols.npy")
+    np.testing.assert_array_equal(symbols, expected_symbols)
+    assert np.count_nonzero(expected_symbols) > 100  # the fixture really exercises the coder
+    out = grid_model.decode(blob)
+    expected = np.load(FIXTURES / f"golden_grid_{name}.npy")
+    assert out.dtype == expected.dtype and out.shape == expected.shape
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3, equal_nan=True)
+    if name == "bounded":  # the source field is real ERA5 data shipped in data/
+        assert np.abs(out.astype(np.float64) - era5("t2m", 3)[0, 30:62, 100:148]).max() <= 0.5

@@ -228,3 +228,18 @@ def test_fit_rate_proxy_matches_the_coders_cost(gmodel: GridModel, held_out: np.
     assert abs(proxy(fitted) - actual) < 0.1 * actual
     # decoding does not depend on the proxy: the same grids give the same field
     np.testing.assert_allclose(fitted.synthesize_grids(grids, (46, 90)), gmodel.synthesize_grids(grids, (46, 90)))
+
+
+def test_sga_soft_rounding_anneals_to_the_nearer_integer() -> None:
+    from coinpp_pipeline.grid_model import soft_round_sga
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.linspace(-3.4, 3.4, 2001, requires_grad=True)
+    warm = soft_round_sga(z, 0.5, gen)
+    assert torch.all(warm >= torch.floor(z)) and torch.all(warm <= torch.floor(z) + 1)
+    assert not torch.equal(warm, torch.round(warm))  # soft at a high temperature
+    warm.sum().backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    cold = soft_round_sga(z.detach(), 0.01, gen)
+    far = (z.detach() - torch.round(z.detach())).abs() < 0.3  # clearly nearer one integer
+    np.testing.assert_allclose(cold[far].numpy(), torch.round(z.detach())[far].numpy(), atol=1e-3)
