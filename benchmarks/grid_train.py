@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     ap.add_argument("--rate-weights", type=float, nargs="+", default=[0.3, 1, 3, 10, 30])
+    ap.add_argument("--contexts", choices=["causal", "row"], default="causal")
+    ap.add_argument("--refine-channels", type=int, default=0)
+    ap.add_argument("--ste-fraction", type=float, default=0.2)
+    ap.add_argument("--sga-fraction", type=float, default=0.0)
     ap.add_argument("--encode-steps", type=int, default=200)
     ap.add_argument("--climatology", choices=["auto", "yes", "no"], default="auto")
     ap.add_argument("--device", default=None)
@@ -47,9 +51,11 @@ def main(argv: list[str] | None = None) -> str:
     train = ds.train.reshape(-1, *ds.train.shape[-2:])
     clim = {"yes": True, "no": False}.get(args.climatology, args.dataset.startswith(("era5", "hadcm3")))
     config = GridConfig(factors=tuple(args.factors), hidden=args.hidden, climatology=clim,
+                        refine_channels=args.refine_channels, contexts=args.contexts,
                         encode_steps=args.encode_steps)
     tc = GridTrainConfig(steps=args.steps, batch=args.batch, rate_weights=tuple(args.rate_weights),
-                         seed=args.seed, device=args.device, log_every=max(args.steps // 10, 1))
+                         seed=args.seed, device=args.device,
+                         ste_fraction=args.ste_fraction, sga_fraction=args.sga_fraction, log_every=max(args.steps // 10, 1))
     print(f"{ds.name}: {train.shape[0]} training fields {train.shape[1:]}, climatology={clim}, "
           f"torch {torch.__version__} threads {torch.get_num_threads()}", flush=True)
     t = time.perf_counter()

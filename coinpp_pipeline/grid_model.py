@@ -43,7 +43,7 @@ def soft_round_sga(z: torch.Tensor, tau: float, gen: torch.Generator) -> torch.T
     fl = torch.floor(z).detach()
     r = (z - fl).clamp(1e-4, 1 - 1e-4)
     logits = torch.stack([-torch.atanh(r), -torch.atanh(1 - r)], -1) / tau
-    u = torch.rand(logits.shape, generator=gen, device=z.device).clamp(1e-9, 1 - 1e-9)
+    u = torch.rand(logits.shape, generator=gen, device=gen.device).to(z.device).clamp(1e-9, 1 - 1e-9)
     w = torch.softmax(logits - torch.log(-torch.log(u)), -1)
     return fl + w[..., 1]
 
@@ -59,6 +59,7 @@ class GridTrainConfig:
     lr: float = 3e-3
     latent_lr: float = 3e-2
     ste_fraction: float = 0.2
+    sga_fraction: float = 0.0
     seed: int = 0
     device: str | None = None
     log_every: int = 100
@@ -108,8 +109,12 @@ class GridModel(Model):
         config = GridConfig.from_dict(desc["config"])
         net = GridSynthesis(config)
         net.load_state_dict({k[len("network.") :]: v for k, v in tensors.items() if k.startswith("network.")})
+        tables = GridEntropyModel(tensors["entropy.counts"].numpy())
+        if tables.scheme != config.contexts or tables.levels != config.levels:
+            raise BitstreamError(f"model file's entropy tables {tables.counts.shape} do not fit its "
+                                 f"{config.contexts!r} contexts and {config.levels} levels")
         model = cls(config, net, tensors["norm.mean"].numpy(), float(tensors["norm.std"].reshape(-1)[0]),
-                    GridEntropyModel(tensors["entropy.counts"].numpy()), desc.get("report"))
+                    tables, desc.get("report"))
         model._bytes = bytes(data)
         return model
 
@@ -273,7 +278,8 @@ def train_grid_model(
 
     The synthesis network, the rate proxy and one latent set per (field, rate weight) are
     optimised jointly (Adam, cosine decay; additive uniform noise stands in for rounding,
-    then straight-through rounding for the last ``ste_fraction`` of the steps). The entropy
+    then straight-through rounding for the next ``ste_fraction`` of the steps and stochastic
+    Gumbel annealing, as the encoder does, for the last ``sga_fraction``). The entropy
     tables are then counted from the rounded training latents.
     """
     config = config or GridConfig()
@@ -318,10 +324,15 @@ def train_grid_model(
         zs = [z[bi] for z in latents]
         noisy = [z + torch.rand(z.shape, generator=gen).to(device) - 0.5 for z in zs]
         rounded = [torch.round(z).detach() for z in zs]
-        if step < (1 - train.ste_fraction) * train.steps:
+        n_sga = int(train.sga_fraction * train.steps)
+        if step < (1 - train.ste_fraction) * train.steps - n_sga:
             zq = noisy
-        else:
+        elif step < train.steps - n_sga:
             zq = [z + (r - z).detach() for z, r in zip(zs, rounded, strict=True)]
+        else:
+            frac = (step - (train.steps - n_sga)) / max(n_sga - 1, 1)
+            tau = SGA_TAU[0] * (SGA_TAU[1] / SGA_TAU[0]) ** frac
+            zq = [soft_round_sga(z, tau, gen) for z in zs]
         rec = net(zq, clim, hw)
         xm, mm = normed[item[bi]], mask[item[bi]]
         mse = (((rec - xm) ** 2) * mm).flatten(1).sum(1) / mm.flatten(1).sum(1).clamp_min(1.0)
@@ -340,7 +351,7 @@ def train_grid_model(
     net.eval()
     k = config.max_symbol
     final = [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in latents]
-    entropy = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], k)
+    entropy = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], k, config.contexts)
     report = {"kind": KIND, "train": train.to_dict(), "items": int(x.shape[0]), "field_shape": list(hw),
               "device": str(device),
               "history": history, "train_seconds": time.perf_counter() - t0}
@@ -348,23 +359,28 @@ def train_grid_model(
 
 
 def fit_rate_proxy(model: GridModel) -> GridModel:
-    """A copy of ``model`` whose rate proxy (the Laplace scales the encoder optimises
-    against) is refitted to the coder's frequency tables: for every context, the scale that
-    minimises the cross-entropy between the table and the quantized Laplace. Decoding does
-    not depend on the proxy; encoding then spends bits where the real coder charges them."""
+    """A copy of ``model`` whose rate proxy (the Laplace scales, and locations for the causal
+    scheme, that the encoder optimises against) is refitted to the coder's frequency tables:
+    for every context, the Laplace that minimises the cross-entropy between the table and its
+    quantized form. Decoding does not depend on the proxy; encoding then spends bits where
+    the real coder charges them."""
     counts = model.tables.counts.astype(np.float64)
-    p = counts / counts.sum(-1, keepdims=True)  # (L, NC, NS, 2K+1)
+    p = counts / counts.sum(-1, keepdims=True)  # (L, *contexts, 2K+1)
     k = np.arange(counts.shape[-1]) - model.tables.max_symbol
-    scales = np.exp(np.linspace(np.log(0.02), np.log(50.0), 256))
+    scales = np.exp(np.linspace(np.log(0.02), np.log(50.0), 128))
+    locs = np.linspace(-1.0, 1.0, 21) if model.config.contexts == "causal" else np.zeros(1)
+    sc, lo = (a.ravel() for a in np.meshgrid(scales, locs, indexing="ij"))
 
     def cdf(v: np.ndarray) -> np.ndarray:
-        return 0.5 + 0.5 * np.sign(v) * (1 - np.exp(-np.abs(v) / scales[:, None]))
+        return 0.5 + 0.5 * np.sign(v) * (1 - np.exp(-np.abs(v) / sc[:, None]))
 
-    q = np.clip(cdf(k[None] + 0.5) - cdf(k[None] - 0.5), 1e-12, 1.0)  # (S, 2K+1)
-    xent = -np.einsum("...k,sk->...s", p, np.log(q))
-    best = scales[np.argmin(xent, axis=-1)]
+    v = k[None] - lo[:, None]
+    q = np.clip(cdf(v + 0.5) - cdf(v - 0.5), 1e-12, 1.0)  # (S, 2K+1)
+    best = np.argmin(-np.einsum("...k,sk->...s", p, np.log(q)), axis=-1)
     net = GridSynthesis(model.config)
     net.load_state_dict(model.network.state_dict())
     with torch.no_grad():
-        net.log_scale.copy_(torch.from_numpy(np.log(best)).float())
+        net.log_scale.copy_(torch.from_numpy(np.log(sc[best])).float())
+        if net.loc is not None:
+            net.loc.copy_(torch.from_numpy(lo[best]).float())
     return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, dict(model.report))

@@ -12,10 +12,15 @@ encoder and decoder always agree, on any machine:
 * ``cc`` (0..7): the sum of ``|z|`` over the 3x3 neighbourhood of the parent position in the
   next coarser level, binned (:data:`COARSE_BINS`);
 * ``ss`` (0..4): the sum of ``|z|`` of the three neighbours in the row above, binned
-  (:data:`ROW_BINS`).
+  (:data:`ROW_BINS`);
+* ``causal`` scheme only (the default since model files of version 0.9): ``lf`` (0..2) the
+  left neighbour clipped to ``-1..1`` (+1) and ``us`` (0..2) the sign of the neighbour above
+  (+1).
 
-Levels are coded coarsest first, each row by row; the probability table of every
-``(level, cc, ss)`` is an integer frequency table (:class:`GridEntropyModel`).
+Levels are coded coarsest first. The ``row`` scheme codes each level row by row; the
+``causal`` scheme along anti-diagonals ``t = col + 2 * row`` (every context neighbour of a
+symbol lies on an earlier diagonal, so a whole diagonal decodes at once). The probability
+table of every context is an integer frequency table (:class:`GridEntropyModel`).
 """
 
 from __future__ import annotations
@@ -38,7 +43,14 @@ COARSE_BINS = np.array([0, 1, 2, 3, 3, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 7]
 #: Bin of the row-above sum 0..5.
 ROW_BINS = np.array([0, 1, 2, 3, 3, 4], np.int64)
 N_COARSE, N_ROW = 8, 5
+#: States of the causal scheme's extra contexts: left neighbour clipped to -1..1, sign above.
+N_LEFT, N_UP = 3, 3
 MAX_LEVELS = 8
+#: Weight of the parent distribution when fitting the causal scheme's tables.
+BACKOFF = 2.0
+Scheme = Literal["row", "causal"]
+#: Context-table shape (without the symbol axis) of each scheme.
+CONTEXT_SHAPE: dict[str, tuple[int, ...]] = {"row": (N_COARSE, N_ROW), "causal": (N_COARSE, N_ROW, N_LEFT, N_UP)}
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,9 @@ class GridConfig:
     * ``factors``: downsampling factor of each latent level, finest first, doubling.
     * ``hidden``: width of the synthesis MLP (two hidden layers).
     * ``conv``: add a 3x3 convolution refining the MLP output.
+    * ``refine_channels``: 0 = that refinement is one 3x3 convolution of the output (1 -> 1);
+      ``C > 0``: the MLP ends in ``C`` channels, refined by two 3x3 convolutions
+      (``C -> C``, GELU, ``C -> 1``) added to a 1x1 projection ``C -> 1`` (needs ``conv``).
     * ``upsample``: how latent grids are brought to full resolution.
     * ``max_symbol``: latents are clipped to ``[-max_symbol, max_symbol]``.
     * ``climatology``: the model holds the training mean field and only encodes fields of
@@ -55,11 +70,15 @@ class GridConfig:
     * ``encode_steps``, ``rate_weight``, ``encode_lr``: encoding defaults (the rate weight
       lambda trades rate for distortion: loss = MSE + lambda * bits per value; larger
       lambda = smaller output).
+    * ``contexts``: the entropy-context scheme (``"causal"``: coarse, row-above, left
+      neighbour and sign above; ``"row"``: coarse and row-above only, the format of model
+      files that do not name a scheme).
     """
 
     factors: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
     hidden: int = 32
     conv: bool = True
+    refine_channels: int = 0
     upsample: Literal["bicubic", "bilinear"] = "bicubic"
     max_symbol: int = 24
     climatology: bool = True
@@ -67,13 +86,18 @@ class GridConfig:
     encode_steps: int = 200
     rate_weight: float = 3.0
     encode_lr: float = 0.03
+    contexts: Scheme = "causal"
 
     def __post_init__(self) -> None:
         f = self.factors
         if not 1 <= len(f) <= MAX_LEVELS or f[0] < 1 or any(b != 2 * a for a, b in zip(f, f[1:], strict=False)):
             raise ValueError(f"factors must be 1..{MAX_LEVELS} doubling integers, got {f}")
-        if self.hidden < 1 or self.max_symbol < 1 or self.encode_steps < 0:
-            raise ValueError("hidden, max_symbol must be >= 1 and encode_steps >= 0")
+        if self.hidden < 1 or self.max_symbol < 1 or self.encode_steps < 0 or self.refine_channels < 0:
+            raise ValueError("hidden, max_symbol must be >= 1; encode_steps, refine_channels >= 0")
+        if self.refine_channels and not self.conv:
+            raise ValueError("refine_channels needs conv=True")
+        if self.contexts not in CONTEXT_SHAPE:
+            raise ValueError(f"contexts must be 'causal' or 'row', got {self.contexts!r}")
         if self.upsample not in ("bicubic", "bilinear"):
             raise ValueError(f"upsample must be 'bicubic' or 'bilinear', got {self.upsample!r}")
         if not (math.isfinite(self.rate_weight) and self.rate_weight >= 0):
@@ -96,6 +120,7 @@ class GridConfig:
         d["factors"] = tuple(d["factors"])
         if d.get("field_shape") is not None:
             d["field_shape"] = tuple(d["field_shape"])
+        d.setdefault("contexts", "row")  # files written before the scheme was named
         return cls(**d)
 
 
@@ -126,7 +151,26 @@ def row_contexts(z: np.ndarray) -> np.ndarray:
     return ROW_BINS[np.minimum(s, len(ROW_BINS) - 1)]
 
 
-def torch_contexts(rounded: Sequence[torch.Tensor], level: int) -> tuple[torch.Tensor, torch.Tensor]:
+def level_contexts(grids: Sequence[np.ndarray], level: int, scheme: str) -> tuple[np.ndarray, ...]:
+    """Context indices, each ``(h, w)``, of every symbol of ``grids[level] (h, w)`` given the
+    coarser ``grids[level + 1]``: ``(cc, ss)`` or, for ``causal``, ``(cc, ss, lf, us)``."""
+    z = grids[level].astype(np.int64)
+    cc = coarse_context(grids[level + 1] if level + 1 < len(grids) else None, z.shape)
+    ss = row_contexts(z)
+    if scheme == "row":
+        return cc, ss
+    zp = np.pad(z, ((1, 0), (1, 0)))
+    return cc, ss, np.clip(zp[1:, :-1], -1, 1) + 1, np.sign(zp[:-1, 1:]) + 1
+
+
+def diagonal_order(shape: tuple[int, int]) -> np.ndarray:
+    """Flat indices of an ``(h, w)`` grid in the causal scheme's coding order: diagonals
+    ``t = col + 2 * row`` ascending, rows ascending within a diagonal."""
+    r, c = np.indices(shape)
+    return np.lexsort((r.ravel(), (c + 2 * r).ravel()))
+
+
+def torch_contexts(rounded: Sequence[torch.Tensor], level: int, scheme: str = "row") -> tuple[torch.Tensor, ...]:
     """Training-time contexts of ``rounded[level] (B, h, w)`` (same bins as the coder)."""
     z = rounded[level]
     b, h, w = z.shape
@@ -142,13 +186,19 @@ def torch_contexts(rounded: Sequence[torch.Tensor], level: int) -> tuple[torch.T
     u = F.pad(z.abs(), (1, 1, 1, 0))[:, :h, :]
     s2 = u[:, :, :w] + u[:, :, 1 : w + 1] + u[:, :, 2 : w + 2]
     ss = rbins[s2.round().long().clamp(0, len(ROW_BINS) - 1)]
-    return cc, ss
+    if scheme == "row":
+        return cc, ss
+    zr = z.round().long()
+    lf = F.pad(zr, (1, 0))[:, :, :w].clamp(-1, 1) + 1
+    us = torch.sign(F.pad(zr, (0, 0, 1, 0))[:, :h, :]) + 1
+    return cc, ss, lf, us
 
 
 # ------------------------------------------------------------------------------ network
 class GridSynthesis(nn.Module):
     """Latent grids -> field. Parameters: per-level input gains, the MLP, the optional 3x3
-    refinement and the rate proxy's Laplace scales ``log_scale (L, N_COARSE, N_ROW)``."""
+    refinement and the rate proxy's Laplace scales ``log_scale (L, *CONTEXT_SHAPE)`` (and,
+    for the causal scheme, locations ``loc`` of the same shape)."""
 
     def __init__(self, config: GridConfig) -> None:
         super().__init__()
@@ -156,11 +206,20 @@ class GridSynthesis(nn.Module):
         n_in = config.levels + (1 if config.climatology else 0)
         h = config.hidden
         self.gain = nn.Parameter(torch.full((config.levels,), 0.1))
+        c = config.refine_channels
         self.mlp = nn.Sequential(
-            nn.Conv2d(n_in, h, 1), nn.GELU(), nn.Conv2d(h, h, 1), nn.GELU(), nn.Conv2d(h, 1, 1)
+            nn.Conv2d(n_in, h, 1), nn.GELU(), nn.Conv2d(h, h, 1), nn.GELU(), nn.Conv2d(h, max(c, 1), 1)
         )
-        self.refine = nn.Conv2d(1, 1, 3, padding=1) if config.conv else None
-        self.log_scale = nn.Parameter(torch.zeros(config.levels, N_COARSE, N_ROW))
+        self.refine: nn.Module | None
+        if c:
+            self.refine = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, 1, 3, padding=1))
+            self.head: nn.Module | None = nn.Conv2d(c, 1, 1)
+        else:
+            self.refine = nn.Conv2d(1, 1, 3, padding=1) if config.conv else None
+            self.head = None
+        ctx = CONTEXT_SHAPE[config.contexts]
+        self.log_scale = nn.Parameter(torch.zeros(config.levels, *ctx))
+        self.loc = nn.Parameter(torch.zeros(config.levels, *ctx)) if config.contexts == "causal" else None
 
     def forward(self, latents: Sequence[torch.Tensor], clim: torch.Tensor | None,
                 shape: tuple[int, int]) -> torch.Tensor:
@@ -173,17 +232,21 @@ class GridSynthesis(nn.Module):
                 raise ValueError("this model needs its climatology field")
             feats = torch.cat([feats, clim.expand(feats.shape[0], -1, -1, -1)], 1)
         out = self.mlp(feats)
+        if self.head is not None and self.refine is not None:
+            return (self.head(out) + self.refine(out))[:, 0]
         if self.refine is not None:
             out = out + self.refine(out)
         return out[:, 0]
 
     def rate_bits(self, noisy: Sequence[torch.Tensor], rounded: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Differentiable bits ``(B,)`` of noisy latents under a zero-mean Laplace whose scale
-        depends on the (integer) contexts of the rounded latents."""
+        """Differentiable bits ``(B,)`` of noisy latents under a Laplace whose scale (and,
+        causal scheme, location) depends on the (integer) contexts of the rounded latents."""
         total = torch.zeros(noisy[0].shape[0], device=noisy[0].device)
         for level, z in enumerate(noisy):
-            cc, ss = torch_contexts(rounded, level)
-            b = torch.exp(self.log_scale[level][cc, ss])
+            ctx = torch_contexts(rounded, level, self.config.contexts)
+            b = torch.exp(self.log_scale[level][ctx])
+            if self.loc is not None:
+                z = z - self.loc[level][ctx]
 
             def cdf(v: torch.Tensor, b: torch.Tensor = b) -> torch.Tensor:
                 return 0.5 + 0.5 * torch.sign(v) * (1 - torch.exp(-v.abs() / b))
@@ -196,11 +259,19 @@ class GridSynthesis(nn.Module):
 # ------------------------------------------------------------------------------ entropy coding
 @dataclass(frozen=True)
 class GridEntropyModel:
-    """Integer frequency tables ``counts (L, N_COARSE, N_ROW, 2K+1)`` (all >= 1), fitted on
-    the quantized latents of the training items; probabilities are ``counts / sum`` in
-    float64 (exact), so every machine builds the same coding tables."""
+    """Integer frequency tables ``counts (L, *CONTEXT_SHAPE[scheme], 2K+1)`` (all >= 1),
+    fitted on the quantized latents of the training items; probabilities are ``counts / sum``
+    in float64 (exact), so every machine builds the same coding tables. The scheme follows
+    from the tables' shape."""
 
     counts: np.ndarray
+
+    @property
+    def scheme(self) -> str:
+        for name, shape in CONTEXT_SHAPE.items():
+            if self.counts.shape[1:-1] == shape:
+                return name
+        raise BitstreamError(f"entropy tables of shape {self.counts.shape} match no context scheme")
 
     @property
     def max_symbol(self) -> int:
@@ -211,19 +282,31 @@ class GridEntropyModel:
         return int(self.counts.shape[0])
 
     @classmethod
-    def fit(cls, items: Sequence[Sequence[np.ndarray]], max_symbol: int) -> GridEntropyModel:
-        """``items``: per training item, its ``L`` integer grids (finest first)."""
+    def fit(cls, items: Sequence[Sequence[np.ndarray]], max_symbol: int, scheme: str = "row") -> GridEntropyModel:
+        """``items``: per training item, its ``L`` integer grids (finest first).
+
+        ``row``: counts + 1. ``causal`` (many contexts, some rarely seen): each context's
+        distribution backs off to its ``(cc, ss)`` context's, which backs off to the level's:
+        ``p = (n_sym + ALPHA * p_parent) / (n + ALPHA)``, stored as integer frequencies
+        ``max(1, round(p * 2**24))``."""
         if not items:
             raise NotFittedError("need quantized training latents to fit the entropy model")
         levels = len(items[0])
-        counts = np.ones((levels, N_COARSE, N_ROW, 2 * max_symbol + 1), np.int64)
+        counts = np.zeros((levels, *CONTEXT_SHAPE[scheme], 2 * max_symbol + 1), np.int64)
         for grids in items:
+            clipped = [np.clip(g, -max_symbol, max_symbol) for g in grids]
             for lv in range(levels):
-                z = np.clip(grids[lv], -max_symbol, max_symbol)
-                cc = coarse_context(grids[lv + 1] if lv + 1 < levels else None, z.shape)
-                ss = row_contexts(z)
-                np.add.at(counts[lv], (cc.ravel(), ss.ravel(), (z + max_symbol).ravel()), 1)
-        return cls(counts)
+                ctx = level_contexts(clipped, lv, scheme)
+                np.add.at(counts[lv], (*(c.ravel() for c in ctx), (clipped[lv] + max_symbol).ravel()), 1)
+        if scheme == "row":
+            return cls(counts + 1)
+        n = counts.astype(np.float64)
+        lvl = n.sum(axis=(1, 2, 3, 4), keepdims=True)
+        p_lvl = (lvl + 0.5) / (lvl + 0.5).sum(-1, keepdims=True)
+        base = n.sum(axis=(3, 4), keepdims=True)
+        p_base = (base + BACKOFF * p_lvl) / (base.sum(-1, keepdims=True) + BACKOFF)
+        p = (n + BACKOFF * p_base) / (n.sum(-1, keepdims=True) + BACKOFF)
+        return cls(np.maximum(1, np.round(p * 2.0**24)).astype(np.int64))
 
     def _probs(self) -> np.ndarray:
         c = self.counts.astype(np.float64)
@@ -232,7 +315,7 @@ class GridEntropyModel:
     def compress(self, items: Sequence[Sequence[np.ndarray]]) -> bytes:
         """Per item, ``L`` int grids in ``[-K, K]`` -> bytes: one level-presence byte per
         item, then the range coder's 32-bit little-endian words."""
-        k, probs = self.max_symbol, self._probs()
+        k, probs, scheme = self.max_symbol, self._probs(), self.scheme
         model = constriction.stream.model.Categorical(perfect=False)
         enc = constriction.stream.queue.RangeEncoder()
         flags = bytearray()
@@ -247,10 +330,10 @@ class GridEntropyModel:
                 if not z.any():
                     continue
                 present |= 1 << lv
-                cc = coarse_context(grids[lv + 1] if lv + 1 < self.levels else None, z.shape)
-                ss = row_contexts(z)
-                p = probs[lv][cc.ravel(), ss.ravel()]
-                enc.encode((z.ravel() + k).astype(np.int32), model, p)
+                ctx = [c.ravel() for c in level_contexts(grids, lv, scheme)]
+                order = diagonal_order(z.shape) if scheme == "causal" else slice(None)
+                p = probs[lv][tuple(c[order] for c in ctx)]
+                enc.encode((z.ravel()[order] + k).astype(np.int32), model, p)
             flags.append(present)
         return bytes(flags) + enc.get_compressed().astype("<u4").tobytes()
 
@@ -263,7 +346,7 @@ class GridEntropyModel:
         flags = payload[:n_items]
         if any(f >> self.levels for f in flags):
             raise BitstreamError("latent-grid section names levels the model does not have")
-        k, probs = self.max_symbol, self._probs()
+        k, probs, scheme = self.max_symbol, self._probs(), self.scheme
         model = constriction.stream.model.Categorical(perfect=False)
         words = np.frombuffer(payload[n_items:], "<u4").astype(np.uint32)
         out: list[list[np.ndarray]] = []
@@ -276,6 +359,9 @@ class GridEntropyModel:
                         continue
                     h, w = shapes[lv]
                     cc = coarse_context(grids[lv + 1] if lv + 1 < self.levels else None, (h, w))
+                    if scheme == "causal":
+                        grids[lv] = _decode_diagonals(dec, model, probs[lv], cc, k)
+                        continue
                     z = grids[lv]
                     prev = None
                     for i in range(h):
@@ -290,3 +376,21 @@ class GridEntropyModel:
             raise BitstreamError(f"latent-grid payload cannot be decoded: {exc}") from exc
         return out
 
+
+
+def _decode_diagonals(dec: Any, model: Any, probs: np.ndarray, cc: np.ndarray, k: int) -> np.ndarray:
+    """Decode one level of the causal scheme, a diagonal ``t = col + 2 * row`` at a time, into
+    an ``(h, w)`` grid. ``probs (N_COARSE, N_ROW, N_LEFT, N_UP, 2K+1)``, ``cc (h, w)``."""
+    h, w = cc.shape
+    zp = np.zeros((h + 1, w + 2), np.int64)  # zp[r + 1, c + 1] = z[r, c]; zero border
+    a = np.zeros((h + 1, w + 2), np.int64)  # |zp|
+    for t in range(w + 2 * (h - 1)):
+        r = np.arange(max(0, -((w - 1 - t) // 2)), min(h - 1, t // 2) + 1)
+        c = t - 2 * r
+        ss = ROW_BINS[np.minimum(a[r, c] + a[r, c + 1] + a[r, c + 2], len(ROW_BINS) - 1)]
+        lf = np.clip(zp[r + 1, c], -1, 1) + 1
+        us = np.sign(zp[r, c + 1]) + 1
+        sym = np.asarray(dec.decode(model, probs[cc[r, c], ss, lf, us]), np.int64) - k
+        zp[r + 1, c + 1] = sym
+        a[r + 1, c + 1] = np.abs(sym)
+    return zp[1:, 1:-1]

@@ -1,0 +1,42 @@
+"""Held-out check of a grid model through Model.encode / decode_many (real chunk bytes, one
+chunk per test chunk of the dataset), with the gap to SPERR / SPERR-on-anomalies taken from a
+stored rd_compare result (interpolated in log ratio, as rd_summary.py does).
+
+    python benchmarks/prototypes/grid_eval_proto.py --model M --dataset era5:t2m 1 10
+    (positional: rate weights, optionally LAM,STEPS)
+"""
+import argparse, json, sys, time
+from pathlib import Path
+import numpy as np, torch
+ROOT = Path(__file__).resolve().parents[2]; sys.path.insert(0, str(ROOT / "benchmarks")); sys.path.insert(0, str(ROOT))
+import datasets  # noqa: E402
+from rd_summary import interp  # noqa: E402
+from coinpp_pipeline.model import Model  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--model", required=True)
+ap.add_argument("--dataset", default="era5:t2m")
+ap.add_argument("--ref", default=None, help="rd_compare json (default benchmarks/results/rd_compare_<dataset>.json)")
+ap.add_argument("settings", nargs="+")
+a = ap.parse_args()
+torch.set_num_threads(2)
+d = datasets.load(a.dataset)
+m = Model.from_bytes(open(a.model, "rb").read())
+ref = Path(a.ref or ROOT / f"benchmarks/results/rd_compare_{a.dataset.replace(':', '_')}.json")
+series = {}
+for r in json.loads(ref.read_text())["rows"]:
+    series.setdefault(r["codec"], []).append((r["ratio"], r["psnr"]))
+for s in a.settings:
+    lam, steps = (float(s.split(",")[0]), int(s.split(",")[1])) if "," in s else (float(s), None)
+    t = time.time()
+    blobs = [m.encode(c, rate_weight=lam, steps=steps) for c in d.test_chunks]
+    te = time.time() - t
+    rec = np.concatenate([b.reshape(-1) for b in m.decode_many(blobs)])
+    ref_x = np.concatenate([c.reshape(-1) for c in d.test_chunks]).astype(np.float64)
+    ok = np.isfinite(ref_x)
+    psnr = 20 * np.log10(d.range) - 10 * np.log10(np.mean((rec[ok] - ref_x[ok]) ** 2))
+    ratio = d.raw_bytes / sum(map(len, blobs))
+    sp, sa = interp(series.get("SPERR bpp", []), ratio), interp(series.get("SPERR bpp anomaly", []), ratio)
+    f = lambda v: "-" if v is None else f"{psnr - v:+.2f}"  # noqa: E731
+    print(f"lam {lam} steps {steps or m.config.encode_steps}: ratio {ratio:.1f} psnr {psnr:.2f}  "
+          f"vs SPERR {f(sp)}  vs SPERR-anom {f(sa)}  encode {te:.0f}s", flush=True)
