@@ -99,7 +99,10 @@ class GridModel(Model):
     def to_bytes(self) -> bytes:
         if self._bytes is None:
             tensors: dict[str, Any] = {f"network.{k}": v for k, v in self.network.state_dict().items()}
-            tensors |= {"norm.mean": self.mean, "norm.std": self.std, "entropy.counts": self.tables.counts}
+            counts = self.tables.counts
+            if self.tables.scheme == "causal":  # frequencies <= 2**24: int32 halves the file
+                counts = counts.astype(np.int32)
+            tensors |= {"norm.mean": self.mean, "norm.std": self.std, "entropy.counts": counts}
             desc = {"kind": KIND, "config": self.config.to_dict(), "report": _stable(self.report)}
             self._bytes = checkpoints.serialize(tensors, desc)
         return self._bytes

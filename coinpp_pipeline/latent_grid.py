@@ -112,7 +112,13 @@ class GridConfig:
         return [(math.ceil(shape[0] / f), math.ceil(shape[1] / f)) for f in self.factors]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain-JSON config; fields added after the first grid models are left out when
+        they hold the value older files imply, so those files re-serialise byte for byte."""
+        d = asdict(self)
+        for key, implied in _IMPLIED.items():
+            if d[key] == implied:
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GridConfig:
@@ -120,8 +126,13 @@ class GridConfig:
         d["factors"] = tuple(d["factors"])
         if d.get("field_shape") is not None:
             d["field_shape"] = tuple(d["field_shape"])
-        d.setdefault("contexts", "row")  # files written before the scheme was named
+        for key, implied in _IMPLIED.items():
+            d.setdefault(key, implied)
         return cls(**d)
+
+
+#: Config fields newer than the first grid model files, and the value a file without them means.
+_IMPLIED: dict[str, Any] = {"refine_channels": 0, "contexts": "row"}
 
 
 # ------------------------------------------------------------------------------ contexts

@@ -107,8 +107,12 @@ def test_entropy_decoded_symbols_exact(name: str, model: Model) -> None:
 
 
 # ------------------------------------------------------------------ latent-grid model (section G)
-GRID_MODEL_FILE = FIXTURES / "golden_grid_model.coinpp"
-GRID_MODEL_SHA256 = "14b2c78357efb2814f09d6e32a0ef755c985a25b9c02a494079b30dc1fefa6fa"
+#: scheme -> (file prefix, model sha256). "row": files written before the causal contexts
+#: existed (their config names no scheme); "causal": the current default.
+GRID_FIXTURES = {
+    "row": ("golden_grid", "14b2c78357efb2814f09d6e32a0ef755c985a25b9c02a494079b30dc1fefa6fa"),
+    "causal": ("golden_grid_causal", "0c12e84e19e1ec6219cb977456572aae37a3b78f4916a15c12ccb8b0a3d6d0bb"),
+}
 #: name -> (shape, sections); every grid chunk is float32 with the layout (32, 48).
 GRID_EXPECTED: dict[str, tuple[tuple[int, ...], set[str]]] = {
     "fields": ((2, 32, 48), {"G"}),
@@ -117,39 +121,46 @@ GRID_EXPECTED: dict[str, tuple[tuple[int, ...], set[str]]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def grid_model() -> GridModel:
-    m = Model.load(str(GRID_MODEL_FILE), sha256=GRID_MODEL_SHA256)
+@pytest.fixture(scope="module", params=sorted(GRID_FIXTURES))
+def grid_fixture(request: pytest.FixtureRequest) -> tuple[str, str, GridModel]:
+    scheme = request.param
+    prefix, sha = GRID_FIXTURES[scheme]
+    m = Model.load(str(FIXTURES / f"{prefix}_model.coinpp"), sha256=sha)
     assert isinstance(m, GridModel)
-    return m
+    return scheme, prefix, m
 
 
-def test_grid_model_file(grid_model: GridModel) -> None:
+def test_grid_model_file(grid_fixture: tuple[str, str, GridModel]) -> None:
+    scheme, prefix, grid_model = grid_fixture
     assert grid_model.config == GridConfig(
-        factors=(2, 4, 8), hidden=8, max_symbol=8, field_shape=(32, 48), encode_steps=40, rate_weight=0.01)
+        factors=(2, 4, 8), hidden=8, max_symbol=4 if scheme == "causal" else 8, field_shape=(32, 48),
+        encode_steps=40, rate_weight=0.01, contexts=scheme)  # type: ignore[arg-type]
+    assert grid_model.tables.scheme == scheme
+    stored = (FIXTURES / f"{prefix}_model.coinpp").read_bytes()
     grid_model._bytes = None
     try:
-        assert grid_model.to_bytes() == GRID_MODEL_FILE.read_bytes()
+        assert grid_model.to_bytes() == stored
     finally:
-        grid_model._bytes = GRID_MODEL_FILE.read_bytes()
+        grid_model._bytes = stored
 
 
 @pytest.mark.parametrize("name", sorted(GRID_EXPECTED))
-def test_grid_chunks_decode_as_stored(name: str, grid_model: GridModel) -> None:
+def test_grid_chunks_decode_as_stored(name: str, grid_fixture: tuple[str, str, GridModel]) -> None:
+    _, prefix, grid_model = grid_fixture
     shape, sections = GRID_EXPECTED[name]
-    blob = (FIXTURES / f"golden_grid_{name}.bin").read_bytes()
+    blob = (FIXTURES / f"{prefix}_{name}.bin").read_bytes()
     chunk = unpack(blob)
     assert (chunk.dtype, chunk.shape, chunk.patch) == (np.dtype("<f4"), shape, (32, 48))
-    assert chunk.model_id == bytes.fromhex(GRID_MODEL_SHA256)[:8]
+    assert chunk.model_id == bytes.fromhex(grid_model.sha256)[:8]
     assert set(chunk.sections) == sections
     n = math.prod(shape[:-2])
     items = grid_model.tables.decompress(chunk.sections["G"], n, grid_model.config.level_shapes((32, 48)))
     symbols = np.concatenate([g.ravel() for item in items for g in item])
-    expected_symbols = np.load(FIXTURES / f"golden_grid_{name}_symbols.npy")
+    expected_symbols = np.load(FIXTURES / f"{prefix}_{name}_symbols.npy")
     np.testing.assert_array_equal(symbols, expected_symbols)
     assert np.count_nonzero(expected_symbols) > 100  # the fixture really exercises the coder
     out = grid_model.decode(blob)
-    expected = np.load(FIXTURES / f"golden_grid_{name}.npy")
+    expected = np.load(FIXTURES / f"{prefix}_{name}.npy")
     assert out.dtype == expected.dtype and out.shape == expected.shape
     np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3, equal_nan=True)

@@ -21,6 +21,7 @@ from coinpp_pipeline.latent_grid import (
     GridConfig,
     GridEntropyModel,
     coarse_context,
+    level_contexts,
     row_contexts,
     torch_contexts,
 )
@@ -50,25 +51,36 @@ def gmodel(train_data: np.ndarray) -> GridModel:
 
 
 # ------------------------------------------------------------------------------ contexts
-def test_torch_contexts_match_the_coders_integer_contexts() -> None:
+@pytest.mark.parametrize("scheme", ["row", "causal"])
+def test_torch_contexts_match_the_coders_integer_contexts(scheme: str) -> None:
     rng = np.random.default_rng(0)
     shapes = CONFIG.level_shapes((46, 90))
     grids = [rng.laplace(0, 1.5, size=(2, *s)).round().astype(np.int64) for s in shapes]
     rounded = [torch.from_numpy(g.astype(np.float32)) for g in grids]
     for lv in range(len(shapes)):
-        cc, ss = torch_contexts(rounded, lv)
+        ctx = torch_contexts(rounded, lv, scheme)
+        assert len(ctx) == (2 if scheme == "row" else 4)
         for b in range(2):
             coarse = grids[lv + 1][b] if lv + 1 < len(shapes) else None
-            np.testing.assert_array_equal(cc[b].numpy(), coarse_context(coarse, shapes[lv]))
-            np.testing.assert_array_equal(ss[b].numpy(), row_contexts(grids[lv][b]))
+            np.testing.assert_array_equal(ctx[0][b].numpy(), coarse_context(coarse, shapes[lv]))
+            np.testing.assert_array_equal(ctx[1][b].numpy(), row_contexts(grids[lv][b]))
+            for t, n in zip(ctx, level_contexts([g[b] for g in grids], lv, scheme), strict=True):
+                np.testing.assert_array_equal(t[b].numpy(), n)
+    if scheme == "causal":  # left neighbour clipped to -1..1 and sign above, both + 1
+        z = grids[0][0]
+        _, _, lf, us = level_contexts([g[0] for g in grids], 0, scheme)
+        assert lf[3, 0] == 1 and lf[3, 5] == np.clip(z[3, 4], -1, 1) + 1
+        assert us[0, 7] == 1 and us[4, 7] == np.sign(z[3, 7]) + 1
 
 
-def test_entropy_round_trip_is_exact_including_empty_levels() -> None:
+@pytest.mark.parametrize("scheme", ["row", "causal"])
+def test_entropy_round_trip_is_exact_including_empty_levels(scheme: str) -> None:
     rng = np.random.default_rng(1)
     shapes = [(12, 23), (6, 12), (3, 6)]
     train = [[rng.laplace(0, s, size=sh).round().clip(-5, 5).astype(np.int64) for s, sh in zip((0.5, 1, 2), shapes, strict=True)]
              for _ in range(5)]
-    ent = GridEntropyModel.fit(train, 5)
+    ent = GridEntropyModel.fit(train, 5, scheme)
+    assert ent.scheme == scheme and ent.counts.min() >= 1
     items = [[rng.laplace(0, 1, size=sh).round().clip(-5, 5).astype(np.int64) for sh in shapes] for _ in range(3)]
     items[1][0][:] = 0  # an empty level is flagged, not coded
     items[2] = [np.zeros(sh, np.int64) for sh in shapes]
@@ -84,6 +96,35 @@ def test_entropy_round_trip_is_exact_including_empty_levels() -> None:
         ent.decompress(bytes([0xFF]) + data[1:], 3, shapes)  # names a 4th..8th level
     with pytest.raises(ValueError, match="outside"):
         ent.compress([[np.full(sh, 6, np.int64) for sh in shapes]])
+    # degenerate level shapes (single rows / columns) code in the diagonal order too
+    for field in [(1, 7), (7, 1), (1, 1), (5, 3)]:
+        odd = GridConfig(factors=(1, 2, 4)).level_shapes(field)
+        ent = GridEntropyModel.fit([[rng.integers(-2, 3, sh) for sh in odd] for _ in range(3)], 5, scheme)
+        items = [[rng.integers(-5, 6, sh) for sh in odd] for _ in range(2)]
+        for a, b in zip(items, ent.decompress(ent.compress(items), 2, odd), strict=True):
+            for x, y in zip(a, b, strict=True):
+                np.testing.assert_array_equal(x, y)
+
+
+def test_causal_contexts_code_correlated_latents_smaller() -> None:
+    """Latents whose left neighbours agree (as the encoder's do) cost fewer bytes under the
+    causal tables than under the row tables fitted on the same items."""
+    rng = np.random.default_rng(2)
+    shapes = [(24, 48), (12, 24)]
+
+    def item() -> list[np.ndarray]:
+        out = []
+        for sh in shapes:
+            z = np.zeros(sh, np.int64)
+            for c in range(sh[1]):  # runs along rows: left neighbour predicts the value
+                fresh = rng.laplace(0, 0.8, sh[0]).round()
+                z[:, c] = np.where(rng.random(sh[0]) < 0.7, z[:, c - 1] if c else fresh, fresh)
+            out.append(z.clip(-4, 4))
+        return out
+
+    train, test = [item() for _ in range(8)], [item() for _ in range(3)]
+    row, causal = (GridEntropyModel.fit(train, 4, s) for s in ("row", "causal"))
+    assert len(causal.compress(test)) < 0.85 * len(row.compress(test))
 
 
 def test_config_validation() -> None:
@@ -92,6 +133,16 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="upsample"):
         GridConfig(upsample="nearest")  # type: ignore[arg-type]
     assert GridConfig.from_dict(CONFIG.to_dict()) == CONFIG
+    with pytest.raises(ValueError, match="contexts"):
+        GridConfig(contexts="zigzag")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="refine_channels needs conv"):
+        GridConfig(refine_channels=4, conv=False)
+    # files written before the context scheme / refinement width existed mean "row" / 0, and
+    # such configs serialise without those keys (old model files re-serialise byte for byte)
+    old = {k: v for k, v in GridConfig(contexts="row").to_dict().items()}
+    assert "contexts" not in old and "refine_channels" not in old
+    assert GridConfig.from_dict(old) == GridConfig(contexts="row")
+    assert GridConfig().contexts == "causal" and GridConfig().to_dict()["contexts"] == "causal"
 
 
 # ------------------------------------------------------------------------------ model
@@ -149,6 +200,31 @@ def test_wrong_shapes_and_foreign_chunks_are_refused(gmodel: GridModel, held_out
     other = train_grid_model(fields(range(1))[:2], CONFIG, GridTrainConfig(steps=2, batch=2))
     with pytest.raises(ModelMismatchError):
         other.decode(gmodel.encode(held_out[:1]))
+
+
+def test_model_file_tables_must_fit_its_context_scheme(gmodel: GridModel) -> None:
+    import dataclasses
+
+    from coinpp_pipeline.grid_model import GridModel as GM
+
+    rowcfg = dataclasses.replace(gmodel.config, contexts="row")
+    net = type(gmodel.network)(rowcfg)
+    bad = GM(rowcfg, net, gmodel.mean, float(gmodel.std[0]), gmodel.tables)  # causal tables, row config
+    with pytest.raises(BitstreamError, match="do not fit"):
+        Model.from_bytes(bad.to_bytes())
+
+
+def test_refinement_channels_and_sga_training(train_data: np.ndarray, held_out: np.ndarray) -> None:
+    cfg = GridConfig(factors=(2, 4, 8, 16), hidden=8, max_symbol=12, encode_steps=20, refine_channels=4)
+    tc = GridTrainConfig(steps=40, batch=8, rate_weights=(1.0,), latent_lr=0.1, ste_fraction=0.0, sga_fraction=0.5)
+    m = train_grid_model(train_data[:8], cfg, tc)
+    assert m.network.head is not None and m.report["train"]["sga_fraction"] == 0.5
+    hist = m.report["history"]
+    assert hist[-1]["mse"] < hist[0]["mse"]
+    back = Model.from_bytes(m.to_bytes())
+    assert isinstance(back, GridModel) and back.config.refine_channels == 4
+    blob = m.encode(held_out[:1])
+    np.testing.assert_array_equal(back.decode(blob), m.decode(blob))
 
 
 def test_patch_models_refuse_rate_weight() -> None:
