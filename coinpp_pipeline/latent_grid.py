@@ -13,7 +13,7 @@ encoder and decoder always agree, on any machine:
   next coarser level, binned (:data:`COARSE_BINS`);
 * ``ss`` (0..4): the sum of ``|z|`` of the three neighbours in the row above, binned
   (:data:`ROW_BINS`);
-* ``causal`` scheme only (the default since model files of version 0.9): ``lf`` (0..2) the
+* ``causal`` scheme only (the default for new models): ``lf`` (0..2) the
   left neighbour clipped to ``-1..1`` (+1) and ``us`` (0..2) the sign of the neighbour above
   (+1).
 
@@ -298,7 +298,7 @@ class GridEntropyModel:
 
         ``row``: counts + 1. ``causal`` (many contexts, some rarely seen): each context's
         distribution backs off to its ``(cc, ss)`` context's, which backs off to the level's:
-        ``p = (n_sym + ALPHA * p_parent) / (n + ALPHA)``, stored as integer frequencies
+        ``p = (n_sym + BACKOFF * p_parent) / (n + BACKOFF)``, stored as integer frequencies
         ``max(1, round(p * 2**24))``."""
         if not items:
             raise NotFittedError("need quantized training latents to fit the entropy model")

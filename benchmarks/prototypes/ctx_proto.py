@@ -42,6 +42,13 @@ def contexts(grids, i, lv, variant):
         return (base * 5 + np.clip(left, -2, 2) + 2) * 3 + np.sign(up) + 1, base
     if variant == "l3u3":  # left value (-1..1) x sign(up)
         return (base * 3 + np.clip(left, -1, 1) + 1) * 3 + np.sign(up) + 1, base
+    if variant in ("l3u3ud", "l3u3l2"):
+        c = (base * 3 + np.clip(left, -1, 1) + 1) * 3 + np.sign(up) + 1
+        if variant == "l3u3ud":  # x sign of (up-left + up-right)
+            zp = np.pad(z, ((1, 0), (1, 1)))
+            return c * 3 + np.sign(zp[:-1, :-2] + zp[:-1, 2:]) + 1, base
+        left2 = np.zeros_like(z); left2[:, 2:] = z[:, :-2]
+        return c * 3 + np.clip(left2, -1, 1) + 1, base
     if variant == "lvuv":  # left value x up value
         return (base * 5 + np.clip(left, -2, 2) + 2) * 5 + np.clip(up, -2, 2) + 2, base
     c = base * 3 + np.minimum(np.abs(left), 2)
@@ -51,7 +58,7 @@ def contexts(grids, i, lv, variant):
         c = c * 3 + (np.sign(par) + 1)
     return c, base
 
-NCTX = {"l3u3": 360, "lv": 600, "lvuv": 1000, "rsign": 120, "rparent": 360, "base": 40, "left": 120, "sign": 360, "parent": 1080}
+NCTX = {"l3u3ud": 1080, "l3u3l2": 1080, "l3u3": 360, "lv": 600, "lvuv": 1000, "rsign": 120, "rparent": 360, "base": 40, "left": 120, "sign": 360, "parent": 1080}
 
 def bits(train_sets, test_sets, variant, alpha=2.0):
     L = len(test_sets[0]); total = 0.0
