@@ -324,46 +324,65 @@ class GridEntropyModel:
         return c / c.sum(axis=-1, keepdims=True)
 
     def compress(self, items: Sequence[Sequence[np.ndarray]]) -> bytes:
-        """Per item, ``L`` int grids in ``[-K, K]`` -> bytes: one level-presence byte per
-        item, then the range coder's 32-bit little-endian words."""
+        """Per item, ``L`` int grids in ``[-K, K]`` -> bytes. ``row``: one level-presence
+        byte per item, then the range coder's 32-bit little-endian words. ``causal``: only the
+        words; each item's level-presence bits (coarsest first) are range-coded ahead of its
+        levels with adaptive per-level probabilities (:class:`_Presence`)."""
         k, probs, scheme = self.max_symbol, self._probs(), self.scheme
         model = constriction.stream.model.Categorical(perfect=False)
         enc = constriction.stream.queue.RangeEncoder()
         flags = bytearray()
+        presence = _Presence(self.levels)
         for grids in items:
             if len(grids) != self.levels:
                 raise ValueError(f"expected {self.levels} latent levels, got {len(grids)}")
+            if max(np.abs(z).max(initial=0) for z in grids) > k:
+                raise ValueError(f"latent symbols outside [-{k}, {k}]")
+            bits = [bool(z.any()) for z in grids]
+            if scheme == "causal":
+                for lv in reversed(range(self.levels)):
+                    enc.encode(np.array([bits[lv]], np.int32), model, presence.probs(lv))
+                    presence.update(lv, bits[lv])
             present = 0
             for lv in reversed(range(self.levels)):
                 z = grids[lv]
-                if np.abs(z).max(initial=0) > k:
-                    raise ValueError(f"latent symbols outside [-{k}, {k}]")
-                if not z.any():
+                if not bits[lv]:
                     continue
                 present |= 1 << lv
                 ctx = [c.ravel() for c in level_contexts(grids, lv, scheme)]
                 order = diagonal_order(z.shape) if scheme == "causal" else slice(None)
                 p = probs[lv][tuple(c[order] for c in ctx)]
                 enc.encode((z.ravel()[order] + k).astype(np.int32), model, p)
-            flags.append(present)
+            if scheme == "row":
+                flags.append(present)
         return bytes(flags) + enc.get_compressed().astype("<u4").tobytes()
 
     def decompress(self, payload: bytes, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
         """Inverse of :meth:`compress` for ``n_items`` items of level ``shapes``."""
         if len(shapes) != self.levels:
             raise BitstreamError(f"expected {self.levels} level shapes, got {len(shapes)}")
-        if len(payload) < n_items or (len(payload) - n_items) % 4:
+        k, probs, scheme = self.max_symbol, self._probs(), self.scheme
+        n_flags = n_items if scheme == "row" else 0
+        if len(payload) < n_flags or (len(payload) - n_flags) % 4:
             raise BitstreamError("latent-grid section has an invalid length")
-        flags = payload[:n_items]
+        flags = payload[:n_flags]
         if any(f >> self.levels for f in flags):
             raise BitstreamError("latent-grid section names levels the model does not have")
-        k, probs, scheme = self.max_symbol, self._probs(), self.scheme
         model = constriction.stream.model.Categorical(perfect=False)
-        words = np.frombuffer(payload[n_items:], "<u4").astype(np.uint32)
+        words = np.frombuffer(payload[n_flags:], "<u4").astype(np.uint32)
         out: list[list[np.ndarray]] = []
+        presence = _Presence(self.levels)
         try:
             dec = constriction.stream.queue.RangeDecoder(words)
-            for present in flags:
+            for item in range(n_items):
+                if scheme == "row":
+                    present = flags[item]
+                else:
+                    present = 0
+                    for lv in reversed(range(self.levels)):
+                        bit = bool(dec.decode(model, presence.probs(lv))[0])
+                        presence.update(lv, bit)
+                        present |= bit << lv
                 grids: list[np.ndarray] = [np.zeros(s, np.int64) for s in shapes]
                 for lv in reversed(range(self.levels)):
                     if not present >> lv & 1:
@@ -387,6 +406,24 @@ class GridEntropyModel:
             raise BitstreamError(f"latent-grid payload cannot be decoded: {exc}") from exc
         return out
 
+
+
+class _Presence:
+    """Adaptive probabilities of the causal scheme's level-presence bits: per level, the
+    Krichevsky-Trofimov estimate ``(ones + 1/2) / (items + 1)`` over the chunk's earlier
+    items (exact float64 from integer counts, so coder and decoder agree)."""
+
+    def __init__(self, levels: int) -> None:
+        self.ones = [0] * levels
+        self.seen = [0] * levels
+
+    def probs(self, level: int) -> np.ndarray:
+        p1 = (self.ones[level] + 0.5) / (self.seen[level] + 1.0)
+        return np.array([[1.0 - p1, p1]])
+
+    def update(self, level: int, bit: bool) -> None:
+        self.ones[level] += int(bit)
+        self.seen[level] += 1
 
 
 def _decode_diagonals(dec: Any, model: Any, probs: np.ndarray, cc: np.ndarray, k: int) -> np.ndarray:
