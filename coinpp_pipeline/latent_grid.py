@@ -19,8 +19,9 @@ encoder and decoder always agree, on any machine:
 
 Levels are coded coarsest first. The ``row`` scheme codes each level row by row; the
 ``causal`` scheme along anti-diagonals ``t = col + 2 * row`` (every context neighbour of a
-symbol lies on an earlier diagonal, so a whole diagonal decodes at once). The probability
-table of every context is an integer frequency table (:class:`GridEntropyModel`).
+symbol lies on an earlier diagonal, so a whole diagonal decodes at once) and range-codes each
+field's level-presence bits instead of storing a flag byte. The probability table of every
+context is an integer frequency table (:class:`GridEntropyModel`).
 """
 
 from __future__ import annotations
