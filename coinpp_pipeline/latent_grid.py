@@ -19,8 +19,8 @@ encoder and decoder always agree, on any machine:
 
 Levels are coded coarsest first. The ``row`` scheme codes each level row by row; the
 ``causal`` scheme along anti-diagonals ``t = col + 2 * row`` (every context neighbour of a
-symbol lies on an earlier diagonal, so a whole diagonal decodes at once) and range-codes each
-field's level-presence bits instead of storing a flag byte. The probability table of every
+symbol lies on an earlier diagonal, so a whole diagonal of all the chunk's fields decodes at
+once) and range-codes the level-presence bits instead of storing a flag byte per field. The probability table of every
 context is an integer frequency table (:class:`GridEntropyModel`).
 """
 
@@ -175,11 +175,12 @@ def level_contexts(grids: Sequence[np.ndarray], level: int, scheme: str) -> tupl
     return cc, ss, np.clip(zp[1:, :-1], -1, 1) + 1, np.sign(zp[:-1, 1:]) + 1
 
 
-def diagonal_order(shape: tuple[int, int]) -> np.ndarray:
-    """Flat indices of an ``(h, w)`` grid in the causal scheme's coding order: diagonals
-    ``t = col + 2 * row`` ascending, rows ascending within a diagonal."""
-    r, c = np.indices(shape)
-    return np.lexsort((r.ravel(), (c + 2 * r).ravel()))
+def diagonal_order(shape: tuple[int, int, int]) -> np.ndarray:
+    """Flat indices of ``m`` stacked ``(h, w)`` grids ``(m, h, w)`` in the causal scheme's
+    coding order: diagonals ``t = col + 2 * row`` ascending; within a diagonal, items
+    ascending, then rows ascending."""
+    i, r, c = np.indices(shape)
+    return np.lexsort((r.ravel(), i.ravel(), (c + 2 * r).ravel()))
 
 
 def torch_contexts(rounded: Sequence[torch.Tensor], level: int, scheme: str = "row") -> tuple[torch.Tensor, ...]:
@@ -326,37 +327,44 @@ class GridEntropyModel:
 
     def compress(self, items: Sequence[Sequence[np.ndarray]]) -> bytes:
         """Per item, ``L`` int grids in ``[-K, K]`` -> bytes. ``row``: one level-presence
-        byte per item, then the range coder's 32-bit little-endian words. ``causal``: only the
-        words; each item's level-presence bits (coarsest first) are range-coded ahead of its
-        levels with adaptive per-level probabilities (:class:`_Presence`)."""
+        byte per item, then the range coder's 32-bit little-endian words, item by item.
+        ``causal``: only the words: every item's level-presence bits (coarsest first, adaptive
+        per-level probabilities, :class:`_Presence`), then level by level (coarsest first)
+        the present items' symbols, diagonal by diagonal, items interleaved within each
+        diagonal (so one decoder call serves a diagonal of all items)."""
         k, probs, scheme = self.max_symbol, self._probs(), self.scheme
-        model = constriction.stream.model.Categorical(perfect=False)
-        enc = constriction.stream.queue.RangeEncoder()
-        flags = bytearray()
-        presence = _Presence(self.levels)
         for grids in items:
             if len(grids) != self.levels:
                 raise ValueError(f"expected {self.levels} latent levels, got {len(grids)}")
             if max(np.abs(z).max(initial=0) for z in grids) > k:
                 raise ValueError(f"latent symbols outside [-{k}, {k}]")
-            bits = [bool(z.any()) for z in grids]
-            if scheme == "causal":
+        model = constriction.stream.model.Categorical(perfect=False)
+        enc = constriction.stream.queue.RangeEncoder()
+        bits = [[bool(z.any()) for z in grids] for grids in items]
+        if scheme == "row":
+            flags = bytearray()
+            for grids, present in zip(items, bits, strict=True):
+                flags.append(sum(1 << lv for lv in range(self.levels) if present[lv]))
                 for lv in reversed(range(self.levels)):
-                    enc.encode(np.array([bits[lv]], np.int32), model, presence.probs(lv))
-                    presence.update(lv, bits[lv])
-            present = 0
+                    if present[lv]:
+                        cc, ss = level_contexts(grids, lv, scheme)
+                        enc.encode((grids[lv].ravel() + k).astype(np.int32), model, probs[lv][cc.ravel(), ss.ravel()])
+            return bytes(flags) + enc.get_compressed().astype("<u4").tobytes()
+        presence = _Presence(self.levels)
+        for present in bits:
             for lv in reversed(range(self.levels)):
-                z = grids[lv]
-                if not bits[lv]:
-                    continue
-                present |= 1 << lv
-                ctx = [c.ravel() for c in level_contexts(grids, lv, scheme)]
-                order = diagonal_order(z.shape) if scheme == "causal" else slice(None)
-                p = probs[lv][tuple(c[order] for c in ctx)]
-                enc.encode((z.ravel()[order] + k).astype(np.int32), model, p)
-            if scheme == "row":
-                flags.append(present)
-        return bytes(flags) + enc.get_compressed().astype("<u4").tobytes()
+                enc.encode(np.array([present[lv]], np.int32), model, presence.probs(lv))
+                presence.update(lv, present[lv])
+        for lv in reversed(range(self.levels)):
+            idx = [i for i, present in enumerate(bits) if present[lv]]
+            if not idx:
+                continue
+            z = np.stack([items[i][lv] for i in idx])
+            ctx = [np.stack(c) for c in zip(*(level_contexts(items[i], lv, scheme) for i in idx), strict=True)]
+            order = diagonal_order(z.shape)
+            enc.encode((z.ravel()[order] + k).astype(np.int32), model,
+                       probs[lv][tuple(c.ravel()[order] for c in ctx)])
+        return enc.get_compressed().astype("<u4").tobytes()
 
     def decompress(self, payload: bytes, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
         """Inverse of :meth:`compress` for ``n_items`` items of level ``shapes``."""
@@ -371,42 +379,48 @@ class GridEntropyModel:
             raise BitstreamError("latent-grid section names levels the model does not have")
         model = constriction.stream.model.Categorical(perfect=False)
         words = np.frombuffer(payload[n_flags:], "<u4").astype(np.uint32)
-        out: list[list[np.ndarray]] = []
-        presence = _Presence(self.levels)
+        out = [[np.zeros(s, np.int64) for s in shapes] for _ in range(n_items)]
         try:
             dec = constriction.stream.queue.RangeDecoder(words)
-            for item in range(n_items):
-                if scheme == "row":
-                    present = flags[item]
-                else:
-                    present = 0
+            if scheme == "row":
+                for grids, present in zip(out, flags, strict=True):
                     for lv in reversed(range(self.levels)):
-                        bit = bool(dec.decode(model, presence.probs(lv))[0])
-                        presence.update(lv, bit)
-                        present |= bit << lv
-                grids: list[np.ndarray] = [np.zeros(s, np.int64) for s in shapes]
+                        if present >> lv & 1:
+                            _decode_rows(dec, model, probs[lv], grids, lv, k)
+                return out
+            presence = _Presence(self.levels)
+            bits = []
+            for _ in range(n_items):
+                item_bits = [False] * self.levels
                 for lv in reversed(range(self.levels)):
-                    if not present >> lv & 1:
-                        continue
-                    h, w = shapes[lv]
-                    cc = coarse_context(grids[lv + 1] if lv + 1 < self.levels else None, (h, w))
-                    if scheme == "causal":
-                        grids[lv] = _decode_diagonals(dec, model, probs[lv], cc, k)
-                        continue
-                    z = grids[lv]
-                    prev = None
-                    for i in range(h):
-                        ss = row_context(prev, w)
-                        sym = dec.decode(model, probs[lv][cc[i], ss])
-                        z[i] = np.asarray(sym, np.int64) - k
-                        prev = z[i]
-                out.append(grids)
+                    item_bits[lv] = bool(dec.decode(model, presence.probs(lv))[0])
+                    presence.update(lv, item_bits[lv])
+                bits.append(item_bits)
+            for lv in reversed(range(self.levels)):
+                idx = [i for i, present in enumerate(bits) if present[lv]]
+                if not idx:
+                    continue
+                cc = np.stack([coarse_context(out[i][lv + 1] if lv + 1 < self.levels else None, shapes[lv])
+                               for i in idx])
+                for i, z in zip(idx, _decode_diagonals(dec, model, probs[lv], cc, k), strict=True):
+                    out[i][lv] = z
         except BitstreamError:
             raise
         except Exception as exc:  # constriction raises on exhausted or inconsistent data
             raise BitstreamError(f"latent-grid payload cannot be decoded: {exc}") from exc
         return out
 
+
+def _decode_rows(dec: Any, model: Any, probs: np.ndarray, grids: list[np.ndarray], lv: int, k: int) -> None:
+    """Decode level ``lv`` of one item of the row scheme into ``grids[lv]``, row by row."""
+    z = grids[lv]
+    h, w = z.shape
+    cc = coarse_context(grids[lv + 1] if lv + 1 < len(grids) else None, (h, w))
+    prev = None
+    for i in range(h):
+        sym = dec.decode(model, probs[cc[i], row_context(prev, w)])
+        z[i] = np.asarray(sym, np.int64) - k
+        prev = z[i]
 
 
 class _Presence:
@@ -428,18 +442,20 @@ class _Presence:
 
 
 def _decode_diagonals(dec: Any, model: Any, probs: np.ndarray, cc: np.ndarray, k: int) -> np.ndarray:
-    """Decode one level of the causal scheme, a diagonal ``t = col + 2 * row`` at a time, into
-    an ``(h, w)`` grid. ``probs (N_COARSE, N_ROW, N_LEFT, N_UP, 2K+1)``, ``cc (h, w)``."""
-    h, w = cc.shape
-    zp = np.zeros((h + 1, w + 2), np.int64)  # zp[r + 1, c + 1] = z[r, c]; zero border
-    a = np.zeros((h + 1, w + 2), np.int64)  # |zp|
+    """Decode one level of the causal scheme for ``m`` items, a diagonal ``t = col + 2 * row``
+    at a time (items interleaved, rows ascending within each), into ``(m, h, w)`` grids.
+    ``probs (N_COARSE, N_ROW, N_LEFT, N_UP, 2K+1)``, ``cc (m, h, w)``."""
+    m, h, w = cc.shape
+    zp = np.zeros((m, h + 1, w + 2), np.int64)  # zp[:, r + 1, c + 1] = z[:, r, c]; zero border
+    a = np.zeros_like(zp)  # |zp|
     for t in range(w + 2 * (h - 1)):
         r = np.arange(max(0, -((w - 1 - t) // 2)), min(h - 1, t // 2) + 1)
+        i, r = np.repeat(np.arange(m), len(r)), np.tile(r, m)
         c = t - 2 * r
-        ss = ROW_BINS[np.minimum(a[r, c] + a[r, c + 1] + a[r, c + 2], len(ROW_BINS) - 1)]
-        lf = np.clip(zp[r + 1, c], -1, 1) + 1
-        us = np.sign(zp[r, c + 1]) + 1
-        sym = np.asarray(dec.decode(model, probs[cc[r, c], ss, lf, us]), np.int64) - k
-        zp[r + 1, c + 1] = sym
-        a[r + 1, c + 1] = np.abs(sym)
-    return zp[1:, 1:-1]
+        ss = ROW_BINS[np.minimum(a[i, r, c] + a[i, r, c + 1] + a[i, r, c + 2], len(ROW_BINS) - 1)]
+        lf = np.clip(zp[i, r + 1, c], -1, 1) + 1
+        us = np.sign(zp[i, r, c + 1]) + 1
+        sym = np.asarray(dec.decode(model, probs[cc[i, r, c], ss, lf, us]), np.int64) - k
+        zp[i, r + 1, c + 1] = sym
+        a[i, r + 1, c + 1] = np.abs(sym)
+    return zp[:, 1:, 1:-1]
