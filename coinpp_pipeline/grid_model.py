@@ -35,6 +35,13 @@ NOISE_FRACTION = 0.5
 SGA_TAU = (0.5, 0.01)
 
 
+def sga_temperature(step: int, n_steps: int) -> float:
+    """Annealing temperature at ``step`` of ``n_steps``: :data:`SGA_TAU` from its first to its
+    second value, geometrically."""
+    frac = step / max(n_steps - 1, 1)
+    return SGA_TAU[0] * (SGA_TAU[1] / SGA_TAU[0]) ** frac
+
+
 def soft_round_sga(z: torch.Tensor, tau: float, gen: torch.Generator) -> torch.Tensor:
     """Stochastic Gumbel annealing (Yang, Bamler & Mandt, NeurIPS 2020) of ``z`` (any shape):
     a differentiable random mix of ``floor(z)`` and ``floor(z) + 1``, weighted by a
@@ -176,8 +183,7 @@ class GridModel(Model):
                     if step < n_noise:
                         zq = [z + torch.rand(z.shape, generator=gen, device=self.device) - 0.5 for z in zs]
                     else:
-                        frac = (step - n_noise) / max(steps - n_noise - 1, 1)
-                        tau = SGA_TAU[0] * (SGA_TAU[1] / SGA_TAU[0]) ** frac
+                        tau = sga_temperature(step - n_noise, steps - n_noise)
                         zq = [soft_round_sga(z, tau, gen) for z in zs]
                     rec = self.network(zq, clim, shape)
                     mse = (((rec - x) ** 2) * m).flatten(1).sum(1) / count
@@ -333,8 +339,7 @@ def train_grid_model(
         elif step < train.steps - n_sga:
             zq = [z + (r - z).detach() for z, r in zip(zs, rounded, strict=True)]
         else:
-            frac = (step - (train.steps - n_sga)) / max(n_sga - 1, 1)
-            tau = SGA_TAU[0] * (SGA_TAU[1] / SGA_TAU[0]) ** frac
+            tau = sga_temperature(step - (train.steps - n_sga), n_sga)
             zq = [soft_round_sga(z, tau, gen) for z in zs]
         rec = net(zq, clim, hw)
         xm, mm = normed[item[bi]], mask[item[bi]]

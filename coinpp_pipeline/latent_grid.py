@@ -20,8 +20,8 @@ encoder and decoder always agree, on any machine:
 Levels are coded coarsest first. The ``row`` scheme codes each level row by row; the
 ``causal`` scheme along anti-diagonals ``t = col + 2 * row`` (every context neighbour of a
 symbol lies on an earlier diagonal, so a whole diagonal of all the chunk's fields decodes at
-once) and range-codes the level-presence bits instead of storing a flag byte per field. The probability table of every
-context is an integer frequency table (:class:`GridEntropyModel`).
+once) and range-codes the level-presence bits instead of storing a flag byte per field. The
+probability table of every context is an integer frequency table (:class:`GridEntropyModel`).
 """
 
 from __future__ import annotations
