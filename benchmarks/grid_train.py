@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--ste-fraction", type=float, default=0.2)
     ap.add_argument("--sga-fraction", type=float, default=0.0)
     ap.add_argument("--encode-steps", type=int, default=200)
+    ap.add_argument("--encode-noise-fraction", type=float, default=0.5,
+                    help="the model's default share of encoder steps with additive noise")
     ap.add_argument("--climatology", choices=["auto", "yes", "no"], default="auto")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> str:
     clim = {"yes": True, "no": False}.get(args.climatology, args.dataset.startswith(("era5", "hadcm3")))
     config = GridConfig(factors=tuple(args.factors), hidden=args.hidden, climatology=clim,
                         refine_channels=args.refine_channels, contexts=args.contexts,
-                        encode_steps=args.encode_steps)
+                        encode_steps=args.encode_steps, encode_noise_fraction=args.encode_noise_fraction)
     tc = GridTrainConfig(steps=args.steps, batch=args.batch, rate_weights=tuple(args.rate_weights),
                          seed=args.seed, device=args.device,
                          ste_fraction=args.ste_fraction, sga_fraction=args.sga_fraction, log_every=max(args.steps // 10, 1))

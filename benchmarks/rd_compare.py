@@ -11,10 +11,10 @@ every stream is counted.
   fields) are training data; the 7 fields of the last 2 files are held out, one 2-D
   ``(181, 360)`` chunk per field (as in benchmarks/codec_speed_bounds.py). Raw float32.
 * ``hadcm3``: data/hadcm3-na, HadCM3 June air temperature, 240 yearly 37x49 fields per
-  scenario. Training = scenario A1B; held-out = scenario E1 as 10 3-D chunks of 24
-  consecutive years ``(24, 37, 49)``; the anomaly mean is the A1B time-mean field (repeated
-  over the 24 years). Raw float32. Both scenarios share the historical run: E1's first 140
-  years equal A1B's (training) exactly.
+  scenario. Training = scenario A1B; held-out = scenario E1's years 2000-2099 as 5 3-D
+  chunks of 20 consecutive years ``(20, 37, 49)``; the anomaly mean is the A1B time-mean
+  field (repeated over the 20 years). Raw float32. Both scenarios share the historical run
+  (E1's first 140 years equal A1B's), which is why only 2000-2099 is held out.
 * ``mri``: data/mri/example4d.nii.gz, EPI int16 ``(128, 96, 24, 2)``. Training = slices
   z < 12 of both time points; held-out = the 3-D blocks ``[:, :, 12:, t]``, t = 0, 1 (two
   ``(128, 96, 12)`` chunks). Raw int16.

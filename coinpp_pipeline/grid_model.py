@@ -26,10 +26,19 @@ from .metalearning import pick_device
 from .model import Model, _encode_residual, _Parsed, _stable, check_input
 
 KIND = "grid"
-#: Fields fitted together in one batch when encoding (bounded activations).
-ENCODE_BATCH = 8
-#: Share of the encoder's steps with additive uniform noise; the rest anneal the rounding.
-NOISE_FRACTION = 0.5
+#: Points (fields x H x W) fitted together in one encoder batch: small fields are batched
+#: (fewer, larger tensor operations) while activations stay bounded.
+ENCODE_POINTS = 1 << 16
+
+
+def encode_batches(n: int, hw: tuple[int, int]) -> list[slice]:
+    """Split ``n`` fields of shape ``hw`` into near-equal batches of at most
+    :data:`ENCODE_POINTS` points each (always at least one field per batch)."""
+    if n == 0:
+        return []
+    parts = max(1, min(n, math.ceil(n * hw[0] * hw[1] / ENCODE_POINTS)))
+    size = math.ceil(n / parts)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 #: Temperature of the stochastic Gumbel annealing: from the first to the second value,
 #: geometrically over the annealing steps.
 SGA_TAU = (0.5, 0.01)
@@ -160,10 +169,10 @@ class GridModel(Model):
         """Encode normalised fields ``(B, H, W)`` (invalid points ignored) -> ``L`` int64
         grids ``(B, h_l, w_l)`` in ``[-K, K]``.
 
-        Adam on ``MSE + rate_weight * bits``: the first half of the steps with additive
-        uniform noise standing in for rounding, the second half with stochastic Gumbel
-        annealing (:func:`soft_round_sga`), so the latents settle on integers the decoder
-        will see; finally rounded. Deterministic (seeded) for a given machine and input."""
+        Adam on ``MSE + rate_weight * bits``: the first ``config.encode_noise_fraction`` of
+        the steps (at least one) with additive uniform noise standing in for rounding, the
+        rest with stochastic Gumbel annealing (:func:`soft_round_sga`), so the latents
+        settle on integers the decoder will see; finally rounded. Deterministic (seeded) for a given machine and input."""
         shape = (normed.shape[1], normed.shape[2])
         shapes = self.config.level_shapes(shape)
         k = self.config.max_symbol
@@ -176,7 +185,7 @@ class GridModel(Model):
         if steps > 0:
             opt = torch.optim.Adam(zs, lr=self.config.encode_lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-            n_noise = int(NOISE_FRACTION * steps)
+            n_noise = max(1, int(self.config.encode_noise_fraction * steps))
             with torch.enable_grad():
                 for step in range(steps):
                     rounded = [torch.round(z).detach() for z in zs]
@@ -225,8 +234,7 @@ class GridModel(Model):
         else:
             normed = self._normalise(x)
             parts = [
-                self.fit_grids(normed[i : i + ENCODE_BATCH], finite[i : i + ENCODE_BATCH], n_steps, lam)
-                for i in range(0, x.shape[0], ENCODE_BATCH)
+                self.fit_grids(normed[b], finite[b], n_steps, lam) for b in encode_batches(x.shape[0], hw)
             ]
             grids = [np.concatenate([p[lv] for p in parts]) for lv in range(self.config.levels)]
             per_item = [[g[i] for g in grids] for i in range(x.shape[0])]

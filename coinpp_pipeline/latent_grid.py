@@ -71,6 +71,9 @@ class GridConfig:
     * ``encode_steps``, ``rate_weight``, ``encode_lr``: encoding defaults (the rate weight
       lambda trades rate for distortion: loss = MSE + lambda * bits per value; larger
       lambda = smaller output).
+    * ``encode_noise_fraction``: share (0 < f <= 1) of the encoder's steps that use additive
+      uniform noise for rounding; the rest anneal the rounding (stochastic Gumbel
+      annealing). Models trained with annealing in the loop encode best with a small share.
     * ``contexts``: the entropy-context scheme (``"causal"``: coarse, row-above, left
       neighbour and sign above; ``"row"``: coarse and row-above only, the format of model
       files that do not name a scheme).
@@ -88,6 +91,7 @@ class GridConfig:
     rate_weight: float = 3.0
     encode_lr: float = 0.03
     contexts: Scheme = "causal"
+    encode_noise_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         f = self.factors
@@ -103,6 +107,8 @@ class GridConfig:
             raise ValueError(f"upsample must be 'bicubic' or 'bilinear', got {self.upsample!r}")
         if not (math.isfinite(self.rate_weight) and self.rate_weight >= 0):
             raise ValueError(f"rate_weight must be finite and >= 0, got {self.rate_weight}")
+        if not 0 < self.encode_noise_fraction <= 1:
+            raise ValueError(f"encode_noise_fraction must be in (0, 1], got {self.encode_noise_fraction}")
 
     @property
     def levels(self) -> int:
@@ -133,7 +139,7 @@ class GridConfig:
 
 
 #: Config fields newer than the first grid model files, and the value a file without them means.
-_IMPLIED: dict[str, Any] = {"refine_channels": 0, "contexts": "row"}
+_IMPLIED: dict[str, Any] = {"refine_channels": 0, "contexts": "row", "encode_noise_fraction": 0.5}
 
 
 # ------------------------------------------------------------------------------ contexts

@@ -271,7 +271,7 @@ class Model:
     def _unpack_own(self, data: bytes | bytearray | memoryview) -> bitstream.Chunk:
         """Unpack and verify chunk bytes and check they were written by this model."""
         chunk = bitstream.unpack(data)
-        if chunk.model_id != self.model_id:
+        if not bitstream.same_model(chunk.model_id, self.model_id):
             raise ModelMismatchError(
                 f"chunk was written by model {chunk.model_id.hex()}…, not by this model "
                 f"{self.sha256[:16]}…"

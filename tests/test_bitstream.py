@@ -14,10 +14,12 @@ from coinpp_pipeline import BitstreamError, Model, ModelMismatchError
 from coinpp_pipeline.bitstream import (
     FORMAT_VERSION,
     MAGIC,
+    MAGIC2,
     MAX_ELEMENTS,
     Chunk,
     pack,
     pack_mask,
+    same_model,
     unpack,
     unpack_mask,
 )
@@ -36,7 +38,7 @@ def _varint(n: int) -> bytes:
 
 def _raw_chunk(
     *,
-    version: int = FORMAT_VERSION,
+    version: int = 1,
     dtype_code: int = 0,
     shape: tuple[int, ...] = (4, 5),
     patch: tuple[int, ...] = (2, 2),
@@ -45,7 +47,8 @@ def _raw_chunk(
     magic: bytes = MAGIC,
     crc: bool = True,
 ) -> bytes:
-    """Chunk bytes built independently from the documented layout (valid CRC by default)."""
+    """Version-1 chunk bytes built independently from the documented layout (valid CRC by
+    default); version 1 is still read, so the header checks below run on it."""
     sections = [(ord("K"), struct.pack("<d", 1.5))] if sections is None else sections
     out = bytearray(magic) + bytes([version, 0, dtype_code, len(shape)])
     for s in shape:
@@ -75,10 +78,61 @@ def real_chunk(model: Model) -> bytes:
     return blob
 
 
+def _raw_chunk_v2(shape: tuple[int, ...], patch: tuple[int, ...] | None,
+                  sections: list[tuple[int, bytes]], dtype_code: int = 0, flags: int = -1) -> bytes:
+    """Version-2 chunk bytes from the documented layout; ``patch=None``: the trailing-layout
+    flag (the layout is the last 2 axes of the shape, not stored)."""
+    if flags < 0:
+        flags = 1 if patch is None else 0
+    out = bytearray(MAGIC2) + bytes([2 | flags << 4, dtype_code, len(shape)])
+    for s in shape:
+        out += _varint(s)
+    if patch is not None:
+        out.append(len(patch))
+        for p in patch:
+            out += _varint(p)
+    out += MODEL_ID[:4] + bytes([len(sections)])
+    for i, (tag, payload) in enumerate(sections):
+        out += bytes([tag]) + (b"" if i == len(sections) - 1 else _varint(len(payload))) + payload
+    return bytes(out) + struct.pack("<I", zlib.crc32(out))
+
+
 # ------------------------------------------------------------------------------ round trips
 def test_pack_matches_documented_layout() -> None:
-    chunk = Chunk(np.dtype("<f4"), (4, 5), (2, 2), MODEL_ID, {"K": struct.pack("<d", 1.5)})
-    assert pack(chunk) == _raw_chunk()
+    k = {"K": struct.pack("<d", 1.5)}
+    assert FORMAT_VERSION == 2
+    assert pack(Chunk(np.dtype("<f4"), (4, 5), (2, 2), MODEL_ID, k, version=1)) == _raw_chunk()
+    assert pack(Chunk(np.dtype("<f4"), (4, 5), (2, 2), MODEL_ID, k)) == _raw_chunk_v2((4, 5), (2, 2), [(ord("K"), k["K"])])
+    # a latent-grid chunk: the layout is the field shape (the last 2 axes), not stored
+    g = {"M": b"mask", "G": b"latent grids"}
+    grid = Chunk(np.dtype("<f4"), (20, 37, 49), (37, 49), MODEL_ID, g)
+    v2 = pack(grid)
+    assert v2 == _raw_chunk_v2((20, 37, 49), None, [(ord("M"), b"mask"), (ord("G"), b"latent grids")])
+    v1 = pack(Chunk(np.dtype("<f4"), (20, 37, 49), (37, 49), MODEL_ID, g, version=1))
+    assert len(v1) - len(v2) == 11  # 2 magic + 1 head + 3 layout + 4 model id + 1 last length
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("layout", [(37, 49), (16, 16), (49,), ()])
+def test_both_versions_round_trip(version: int, layout: tuple[int, ...]) -> None:
+    for sections in ({}, {"G": b""}, {"G": b"x" * 300}, {"M": b"m" * 200, "R": b"", "G": b"g"}):
+        chunk = Chunk(np.dtype("<i2"), (3, 37, 49), layout, MODEL_ID, sections, version=version)
+        back = unpack(pack(chunk))
+        assert (back.shape, back.patch, back.sections, back.version) == ((3, 37, 49), layout, sections, version)
+        assert back.model_id == MODEL_ID[: 8 if version == 1 else 4] and same_model(back.model_id, MODEL_ID)
+        assert not same_model(back.model_id, bytes(8))
+
+
+def test_version_2_header_checks() -> None:
+    k = [(ord("K"), b"12345678")]
+    with pytest.raises(BitstreamError, match="header flags"):
+        unpack(_raw_chunk_v2((4, 5), (2, 2), k, flags=2))
+    with pytest.raises(BitstreamError, match="needs >= 2 axes"):
+        unpack(_raw_chunk_v2((4,), None, k))
+    with pytest.raises(BitstreamError, match="version 2 is not supported"):
+        unpack(_raw_chunk(version=2))  # version 2 under the version-1 magic
+    with pytest.raises(ValueError, match="cannot be written"):
+        pack(Chunk(np.dtype("f4"), (2,), (2,), MODEL_ID, {}, version=3))
 
 
 @pytest.mark.parametrize("dtype", ["<f4", "<f8", "<f2", "i1", "<i2", "<i4", "<i8", "u1", "<u2", "<u4", "<u8"])
@@ -87,7 +141,7 @@ def test_pack_unpack_roundtrip(dtype: str) -> None:
     chunk = Chunk(np.dtype(dtype), (3, 1, 700, 2), (16, 16), MODEL_ID, sections)
     back = unpack(pack(chunk))
     assert back.dtype == np.dtype(dtype)
-    assert back.shape == chunk.shape and back.patch == chunk.patch and back.model_id == MODEL_ID
+    assert back.shape == chunk.shape and back.patch == chunk.patch and back.model_id == MODEL_ID[:4]
     assert back.sections == sections
     assert unpack(memoryview(pack(chunk))).sections == sections
     assert unpack(bytearray(pack(chunk))).shape == chunk.shape

@@ -14,6 +14,7 @@ with a tiny tolerance; the entropy-decoded integer symbols must match exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import pathlib
@@ -23,7 +24,7 @@ import pytest
 from helpers import era5
 
 from coinpp_pipeline import Model, ModelConfig
-from coinpp_pipeline.bitstream import FORMAT_VERSION, unpack
+from coinpp_pipeline.bitstream import FORMAT_VERSION, pack, unpack
 from coinpp_pipeline.checkpoints import MODEL_FORMAT_VERSION
 from coinpp_pipeline.coordinates import PatchLayout, split_shape
 from coinpp_pipeline.grid_model import GridModel
@@ -48,7 +49,9 @@ def model() -> Model:
 
 
 def test_format_versions_unchanged() -> None:
-    assert FORMAT_VERSION == 1 and MODEL_FORMAT_VERSION == 1
+    # chunk format 2 (compact header) is written since it was introduced; every fixture below
+    # except the *_v2 ones is a version-1 chunk and must keep decoding
+    assert FORMAT_VERSION == 2 and MODEL_FORMAT_VERSION == 1
 
 
 def test_model_file_sha256(model: Model) -> None:
@@ -150,6 +153,7 @@ def test_grid_chunks_decode_as_stored(name: str, grid_fixture: tuple[str, str, G
     shape, sections = GRID_EXPECTED[name]
     blob = (FIXTURES / f"{prefix}_{name}.bin").read_bytes()
     chunk = unpack(blob)
+    assert chunk.version == 1
     assert (chunk.dtype, chunk.shape, chunk.patch) == (np.dtype("<f4"), shape, (32, 48))
     assert chunk.model_id == bytes.fromhex(grid_model.sha256)[:8]
     assert set(chunk.sections) == sections
@@ -166,3 +170,22 @@ def test_grid_chunks_decode_as_stored(name: str, grid_fixture: tuple[str, str, G
     np.testing.assert_allclose(out, expected, rtol=0, atol=2e-3, equal_nan=True)
     if name == "bounded":  # the source field is real ERA5 data shipped in data/
         assert np.abs(out.astype(np.float64) - era5("t2m", 3)[0, 30:62, 100:148]).max() <= 0.5
+
+
+@pytest.mark.parametrize("name", sorted(GRID_EXPECTED))
+def test_grid_chunks_in_format_version_2(name: str) -> None:
+    """The same causal chunks in chunk format 2: same header fields and sections, 4-byte
+    model id, and the same decoded array as the version-1 file."""
+    prefix, sha = GRID_FIXTURES["causal"]
+    grid_model = Model.load(str(FIXTURES / f"{prefix}_model.coinpp"), sha256=sha)
+    v1 = unpack((FIXTURES / f"{prefix}_{name}.bin").read_bytes())
+    blob = (FIXTURES / f"{prefix}_{name}_v2.bin").read_bytes()
+    assert blob[:3] == b"C+" + bytes([0x12])  # magic, version 2 with the trailing-layout flag
+    chunk = unpack(blob)
+    assert chunk.version == 2 and chunk.model_id == bytes.fromhex(sha)[:4]
+    assert (chunk.dtype, chunk.shape, chunk.patch, chunk.sections) == (v1.dtype, v1.shape, v1.patch, v1.sections)
+    assert len((FIXTURES / f"{prefix}_{name}.bin").read_bytes()) - len(blob) in (11, 12)  # the last length: 1-2 B
+    out = grid_model.decode(blob)
+    np.testing.assert_allclose(out, np.load(FIXTURES / f"{prefix}_{name}.npy"), rtol=0, atol=2e-3, equal_nan=True)
+    # packing what was read reproduces the file: the version-2 layout is pinned
+    assert pack(dataclasses.replace(chunk, model_id=grid_model.model_id)) == blob

@@ -145,8 +145,14 @@ def test_config_validation() -> None:
     # files written before the context scheme / refinement width existed mean "row" / 0, and
     # such configs serialise without those keys (old model files re-serialise byte for byte)
     old = {k: v for k, v in GridConfig(contexts="row").to_dict().items()}
-    assert "contexts" not in old and "refine_channels" not in old
+    assert "contexts" not in old and "refine_channels" not in old and "encode_noise_fraction" not in old
     assert GridConfig.from_dict(old) == GridConfig(contexts="row")
+    assert GridConfig.from_dict(old).encode_noise_fraction == 0.5
+    sga = GridConfig(encode_noise_fraction=0.05)
+    assert sga.to_dict()["encode_noise_fraction"] == 0.05 and GridConfig.from_dict(sga.to_dict()) == sga
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="encode_noise_fraction"):
+            GridConfig(encode_noise_fraction=bad)
     assert GridConfig().contexts == "causal" and GridConfig().to_dict()["contexts"] == "causal"
 
 
@@ -324,3 +330,34 @@ def test_sga_soft_rounding_anneals_to_the_nearer_integer() -> None:
     cold = soft_round_sga(z.detach(), 0.01, gen)
     far = (z.detach() - torch.round(z.detach())).abs() < 0.3  # clearly nearer one integer
     np.testing.assert_allclose(cold[far].numpy(), torch.round(z.detach())[far].numpy(), atol=1e-3)
+
+
+def test_encode_batches_cover_every_field_once_within_the_point_budget() -> None:
+    from coinpp_pipeline.grid_model import ENCODE_POINTS, encode_batches
+
+    for n, hw in [(0, (4, 4)), (1, (181, 360)), (7, (181, 360)), (24, (37, 49)), (12, (128, 96)), (100, (8, 8))]:
+        batches = encode_batches(n, hw)
+        covered = [i for b in batches for i in range(b.start, b.stop)]
+        assert covered == list(range(n))
+        for b in batches:
+            assert b.stop > b.start
+            assert (b.stop - b.start) == 1 or (b.stop - b.start) * hw[0] * hw[1] <= ENCODE_POINTS
+    assert len(encode_batches(24, (37, 49))) == 1  # a HadCM3 chunk is one batch
+    assert [b.stop - b.start for b in encode_batches(12, (128, 96))] == [4, 4, 4]
+
+
+def test_short_noise_phase_still_moves_the_latents_off_zero(gmodel: GridModel, held_out: np.ndarray) -> None:
+    import copy
+    import dataclasses
+
+    m = copy.copy(gmodel)  # same network and tables, encoder default changed
+    m.config = dataclasses.replace(gmodel.config, encode_noise_fraction=0.05)
+    x = gmodel._normalise(held_out.astype(np.float64))
+    grids = m.fit_grids(x, np.isfinite(held_out), 40, 0.1)
+    assert sum(int(np.abs(g).sum()) for g in grids) > 0  # annealing from zero alone would stay at zero
+    err = np.mean((m.synthesize_grids(grids, (46, 90)) - held_out) ** 2)
+    base = np.mean((m.synthesize_grids([np.zeros_like(g) for g in grids], (46, 90)) - held_out) ** 2)
+    default = gmodel.fit_grids(x, np.isfinite(held_out), 40, 0.1)
+    err_default = np.mean((gmodel.synthesize_grids(default, (46, 90)) - held_out) ** 2)
+    print(f"mse: zero latents {base:.3f}, noise share 0.5 {err_default:.3f}, 0.05 {err:.3f}")
+    assert err < 0.75 * base

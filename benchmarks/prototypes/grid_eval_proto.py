@@ -3,7 +3,7 @@ chunk per test chunk of the dataset), with the gap to SPERR / SPERR-on-anomalies
 stored rd_compare result (interpolated in log ratio, as rd_summary.py does).
 
     python benchmarks/prototypes/grid_eval_proto.py --model M --dataset era5:t2m 1 10
-    (positional: rate weights, optionally LAM,STEPS)
+    (positional: rate weights, optionally LAM,STEPS; --lr overrides the encoder learning rate)
 """
 import argparse, json, sys, time
 from pathlib import Path
@@ -17,11 +17,27 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--model", required=True)
 ap.add_argument("--dataset", default="era5:t2m")
 ap.add_argument("--ref", default=None, help="rd_compare json (default benchmarks/results/rd_compare_<dataset>.json)")
+ap.add_argument("--lr", type=float, default=None, help="override the model's encode_lr")
+ap.add_argument("--noise-fraction", type=float, default=None, help="override the model's encode_noise_fraction")
+ap.add_argument("--beta2", type=float, default=None, help="encoder Adam beta2 (default torch's 0.999)")
+ap.add_argument("--tau", type=float, nargs=2, default=None, help="override grid_model.SGA_TAU")
 ap.add_argument("settings", nargs="+")
 a = ap.parse_args()
 torch.set_num_threads(2)
 d = datasets.load(a.dataset)
 m = Model.from_bytes(open(a.model, "rb").read())
+if a.lr is not None:
+    import dataclasses
+    m.config = dataclasses.replace(m.config, encode_lr=a.lr)
+import coinpp_pipeline.grid_model as gm  # noqa: E402
+if a.noise_fraction is not None:
+    import dataclasses
+    m.config = dataclasses.replace(m.config, encode_noise_fraction=a.noise_fraction)
+if a.tau is not None:
+    gm.SGA_TAU = tuple(a.tau)
+if a.beta2 is not None:
+    _adam = torch.optim.Adam
+    torch.optim.Adam = lambda params, lr: _adam(params, lr=lr, betas=(0.9, a.beta2))  # type: ignore
 ref = Path(a.ref or ROOT / f"benchmarks/results/rd_compare_{a.dataset.replace(':', '_')}.json")
 series = {}
 for r in json.loads(ref.read_text())["rows"]:
