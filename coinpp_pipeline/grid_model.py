@@ -39,6 +39,8 @@ def encode_batches(n: int, hw: tuple[int, int]) -> list[slice]:
     parts = max(1, min(n, math.ceil(n * hw[0] * hw[1] / ENCODE_POINTS)))
     size = math.ceil(n / parts)
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 #: Temperature of the stochastic Gumbel annealing: from the first to the second value,
 #: geometrically over the annealing steps.
 SGA_TAU = (0.5, 0.01)
@@ -172,7 +174,8 @@ class GridModel(Model):
         Adam on ``MSE + rate_weight * bits``: the first ``config.encode_noise_fraction`` of
         the steps (at least one) with additive uniform noise standing in for rounding, the
         rest with stochastic Gumbel annealing (:func:`soft_round_sga`), so the latents
-        settle on integers the decoder will see; finally rounded. Deterministic (seeded) for a given machine and input."""
+        settle on integers the decoder will see; finally rounded. Deterministic (seeded)
+        for a given machine and input."""
         shape = (normed.shape[1], normed.shape[2])
         shapes = self.config.level_shapes(shape)
         k = self.config.max_symbol
