@@ -174,14 +174,18 @@ def unpack(data: bytes | bytearray | memoryview) -> Chunk:
     if len(data) < len(MAGIC) + 4:
         raise BitstreamError(f"chunk is truncated or empty ({len(data)} bytes)")
     if data[:4] == MAGIC:
-        version, flags, start = data[4], data[5], 6
+        version, flags, start, magic_version = data[4], data[5], 6, 1
     elif data[:2] == MAGIC2:
-        version, flags, start = data[2] & 0x0F, data[2] >> 4, 3
+        version, flags, start, magic_version = data[2] & 0x0F, data[2] >> 4, 3, 2
     else:
         raise BitstreamError("not a coinpp chunk (bad magic bytes)")
-    if version not in READ_VERSIONS or (version == 2) != (data[:2] == MAGIC2):
+    if version not in READ_VERSIONS:
         raise BitstreamError(
-            f"chunk format version {version} is not supported (this build reads {READ_VERSIONS})"
+            f"chunk format version {version} is not supported (this build reads versions 1 and 2)"
+        )
+    if version != magic_version:
+        raise BitstreamError(
+            f"inconsistent chunk header: version {version} under the version-{magic_version} magic bytes"
         )
     body, crc = data[:-4], struct.unpack("<I", data[-4:])[0]
     if zlib.crc32(body) != crc:

@@ -129,8 +129,12 @@ def test_version_2_header_checks() -> None:
         unpack(_raw_chunk_v2((4, 5), (2, 2), k, flags=2))
     with pytest.raises(BitstreamError, match="needs >= 2 axes"):
         unpack(_raw_chunk_v2((4,), None, k))
-    with pytest.raises(BitstreamError, match="version 2 is not supported"):
-        unpack(_raw_chunk(version=2))  # version 2 under the version-1 magic
+    with pytest.raises(BitstreamError, match="version 2 under the version-1 magic"):
+        unpack(_raw_chunk(version=2))
+    v1_head = bytearray(_raw_chunk_v2((4, 5), (2, 2), k))
+    v1_head[2] = 0x01
+    with pytest.raises(BitstreamError, match="version 1 under the version-2 magic"):
+        unpack(bytes(v1_head))
     with pytest.raises(ValueError, match="cannot be written"):
         pack(Chunk(np.dtype("f4"), (2,), (2,), MODEL_ID, {}, version=3))
 
@@ -234,6 +238,11 @@ def test_foreign_bytes_bad_magic(foreign: bytes) -> None:
 def test_unknown_version(version: int) -> None:
     with pytest.raises(BitstreamError, match=f"version {version} is not supported"):
         unpack(_raw_chunk(version=version))
+    if version < 16:  # the version-2 head byte holds the version in its low 4 bits
+        head = bytearray(_raw_chunk_v2((4, 5), (2, 2), [(ord("K"), b"12345678")]))
+        head[2] = version
+        with pytest.raises(BitstreamError, match=f"version {version} is not supported"):
+            unpack(bytes(head))
 
 
 def test_huge_declared_shape_rejected_before_allocation() -> None:

@@ -1,6 +1,6 @@
 """Golden fixtures: committed chunks decoded by the committed model file.
 
-These files guard the on-disk formats (chunk format version 1, model file format
+These files guard the on-disk formats (chunk format versions 1 and 2, model file format
 version 1), for the patch model and (``make_golden_grid.py``) the latent-grid model's
 section ``G``. A change that makes them fail is a format change: it requires a format
 version bump (``bitstream.FORMAT_VERSION`` / ``checkpoints.MODEL_FORMAT_VERSION``) and
