@@ -181,7 +181,8 @@ def unpack(data: bytes | bytearray | memoryview) -> Chunk:
         raise BitstreamError("not a coinpp chunk (bad magic bytes)")
     if version not in READ_VERSIONS:
         raise BitstreamError(
-            f"chunk format version {version} is not supported (this build reads versions 1 and 2)"
+            f"chunk format version {version} is not supported (this build reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))})"
         )
     if version != magic_version:
         raise BitstreamError(

@@ -110,6 +110,10 @@ def test_pack_matches_documented_layout() -> None:
     assert v2 == _raw_chunk_v2((20, 37, 49), None, [(ord("M"), b"mask"), (ord("G"), b"latent grids")])
     v1 = pack(Chunk(np.dtype("<f4"), (20, 37, 49), (37, 49), MODEL_ID, g, version=1))
     assert len(v1) - len(v2) == 11  # 2 magic + 1 head + 3 layout + 4 model id + 1 last length
+    # header + CRC of a one-field ERA5 chunk (181, 360) with a 200-byte G section (README)
+    t2m = {"G": bytes(200)}
+    assert len(pack(Chunk(np.dtype("<f4"), (1, 181, 360), (181, 360), MODEL_ID, t2m))) - 200 == 20
+    assert len(pack(Chunk(np.dtype("<f4"), (1, 181, 360), (181, 360), MODEL_ID, t2m, version=1))) - 200 == 34
 
 
 @pytest.mark.parametrize("version", [1, 2])
