@@ -8,6 +8,11 @@ are the last two axes of the training items. Climate datasets keep a climatology
 training mean field, fixed field shape); ``mri`` and ``image`` are trained without one.
 Prints the training curve and the wall time, saves ``<out>/models/<sha256>.coinpp`` and
 prints its path.
+
+``--from-model M`` skips training: it saves a copy of ``M`` with the encoding defaults given
+(``--encode-steps``, ``--encode-lr``, ``--encode-noise-fraction``; the network is unchanged)::
+
+    python benchmarks/grid_train.py --from-model benchmarks/results/models/<sha>.coinpp --encode-lr 0.08
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datasets import load  # noqa: E402
 
-from coinpp_pipeline.grid_model import GridTrainConfig, train_grid_model  # noqa: E402
+from coinpp_pipeline.grid_model import GridModel, GridTrainConfig, train_grid_model  # noqa: E402
 from coinpp_pipeline.latent_grid import GridConfig  # noqa: E402
 
 
@@ -40,21 +45,31 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--refine-channels", type=int, default=0)
     ap.add_argument("--ste-fraction", type=float, default=0.2)
     ap.add_argument("--sga-fraction", type=float, default=0.0)
-    ap.add_argument("--encode-steps", type=int, default=200)
-    ap.add_argument("--encode-noise-fraction", type=float, default=0.5,
-                    help="the model's default share of encoder steps with additive noise")
+    ap.add_argument("--encode-steps", type=int, default=None, help="encoder steps (default 200)")
+    ap.add_argument("--encode-lr", type=float, default=None, help="encoder learning rate (default 0.03)")
+    ap.add_argument("--encode-noise-fraction", type=float, default=None,
+                    help="the model's default share of encoder steps with additive noise (default 0.5)")
+    ap.add_argument("--from-model", default=None,
+                    help="no training: copy this grid model with the encoding defaults given")
     ap.add_argument("--climatology", choices=["auto", "yes", "no"], default="auto")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
+    encoding = {"encode_steps": args.encode_steps, "encode_lr": args.encode_lr,
+                "encode_noise_fraction": args.encode_noise_fraction}
+    if args.from_model:
+        base = GridModel.load(args.from_model)
+        if not isinstance(base, GridModel):
+            ap.error(f"--from-model {args.from_model} is not a grid model")
+        return _save(base.with_encoding(**encoding), args.out)
 
     ds = load(args.dataset)
     train = ds.train.reshape(-1, *ds.train.shape[-2:])
     clim = {"yes": True, "no": False}.get(args.climatology, args.dataset.startswith(("era5", "hadcm3")))
     config = GridConfig(factors=tuple(args.factors), hidden=args.hidden, climatology=clim,
                         refine_channels=args.refine_channels, contexts=args.contexts,
-                        encode_steps=args.encode_steps, encode_noise_fraction=args.encode_noise_fraction)
+                        **{k: v for k, v in encoding.items() if v is not None})
     tc = GridTrainConfig(steps=args.steps, batch=args.batch, rate_weights=tuple(args.rate_weights),
                          seed=args.seed, device=args.device,
                          ste_fraction=args.ste_fraction, sga_fraction=args.sga_fraction, log_every=max(args.steps // 10, 1))
@@ -63,14 +78,19 @@ def main(argv: list[str] | None = None) -> str:
     t = time.perf_counter()
     model = train_grid_model(train, config, tc, log=lambda r: print(
         f"  step {r['step']:5d}  mse {r['mse']:.4f}  bpv {r['bpv']:.4f}  {r['time_s']:.0f}s", flush=True))
-    wall = time.perf_counter() - t
-    models = Path(args.out) / "models"
+    print(f"trained in {time.perf_counter() - t:.0f} s")
+    return _save(model, args.out)
+
+
+def _save(model: GridModel, out: str) -> str:
+    models = Path(out) / "models"
     models.mkdir(parents=True, exist_ok=True)
     path = models / f"{model.sha256}.coinpp"
     model.save(str(path))
-    print(f"trained in {wall:.0f} s; model file {len(model.to_bytes())} B "
-          f"({sum(p.numel() for p in model.network.parameters())} parameters, "
-          f"mean field {np.asarray(model.mean).nbytes} B)")
+    c = model.config
+    print(f"model file {len(model.to_bytes())} B ({sum(p.numel() for p in model.network.parameters())} "
+          f"parameters, mean field {np.asarray(model.mean).nbytes} B); encoding defaults: {c.encode_steps} "
+          f"steps, lr {c.encode_lr:g}, noise share {c.encode_noise_fraction:g}")
     print(path)
     return str(path)
 

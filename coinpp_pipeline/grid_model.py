@@ -139,6 +139,22 @@ class GridModel(Model):
         model._bytes = bytes(data)
         return model
 
+    def with_encoding(self, *, encode_steps: int | None = None, encode_lr: float | None = None,
+                      encode_noise_fraction: float | None = None, rate_weight: float | None = None) -> GridModel:
+        """A copy of this model with other encoding defaults (the synthesis network, mean and
+        entropy tables are shared, unchanged). Encoding settings are part of the model file,
+        so the copy has its own model id: chunks written by one are not read by the other."""
+        c = self.config
+        config = dataclasses.replace(
+            c,
+            encode_steps=c.encode_steps if encode_steps is None else int(encode_steps),
+            encode_lr=c.encode_lr if encode_lr is None else float(encode_lr),
+            encode_noise_fraction=c.encode_noise_fraction if encode_noise_fraction is None else float(encode_noise_fraction),
+            rate_weight=c.rate_weight if rate_weight is None else float(rate_weight),
+        )
+        net: GridSynthesis = self.network  # type: ignore[assignment]
+        return GridModel(config, net, self.mean, float(self.std[0]), self.tables, self.report).to(self.device)
+
     def to(self, device: str | torch.device | None) -> GridModel:
         self.device = pick_device(str(device) if device is not None else None)
         self.network.to(self.device)

@@ -107,6 +107,8 @@ class GridConfig:
             raise ValueError(f"upsample must be 'bicubic' or 'bilinear', got {self.upsample!r}")
         if not (math.isfinite(self.rate_weight) and self.rate_weight >= 0):
             raise ValueError(f"rate_weight must be finite and >= 0, got {self.rate_weight}")
+        if not (math.isfinite(self.encode_lr) and self.encode_lr > 0):
+            raise ValueError(f"encode_lr must be a finite number > 0, got {self.encode_lr}")
         if not 0 < self.encode_noise_fraction <= 1:
             raise ValueError(f"encode_noise_fraction must be in (0, 1], got {self.encode_noise_fraction}")
 
@@ -214,6 +216,33 @@ def torch_contexts(rounded: Sequence[torch.Tensor], level: int, scheme: str = "r
 
 
 # ------------------------------------------------------------------------------ network
+_UPSAMPLE_CACHE: dict[tuple[int, int, str, str], torch.Tensor] = {}
+
+
+def _interp_matrix(n_in: int, n_out: int, mode: str, device: torch.device) -> torch.Tensor:
+    key = (n_in, n_out, mode, str(device))
+    m = _UPSAMPLE_CACHE.get(key)
+    if m is None:
+        # a normal tensor even when first built under inference_mode, so that a later
+        # autograd pass (the encoder, training) may save it for backward
+        with torch.inference_mode(False), torch.no_grad():
+            eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
+            cols = F.interpolate(eye, size=(n_out, 1), mode=mode, align_corners=False)[:, 0, :, 0]
+            m = cols.T.contiguous().float().to(device)
+        if len(_UPSAMPLE_CACHE) >= 256:
+            _UPSAMPLE_CACHE.clear()
+        _UPSAMPLE_CACHE[key] = m
+    return m
+
+
+def upsample_matrices(src: Sequence[int], dst: tuple[int, int], mode: str,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matrices ``A_h (H, h)`` and ``A_w (W, w)`` with ``A_h @ z @ A_w.T`` equal to
+    ``F.interpolate(z, size=(H, W), mode=mode, align_corners=False)`` for ``z (B, h, w)``
+    (bicubic and bilinear interpolation are separable)."""
+    return (_interp_matrix(int(src[0]), dst[0], mode, device), _interp_matrix(int(src[1]), dst[1], mode, device))
+
+
 class GridSynthesis(nn.Module):
     """Latent grids -> field. Parameters: per-level input gains, the MLP, the optional 3x3
     refinement and the rate proxy's Laplace scales ``log_scale (L, *CONTEXT_SHAPE)`` (and,
@@ -242,15 +271,28 @@ class GridSynthesis(nn.Module):
 
     def forward(self, latents: Sequence[torch.Tensor], clim: torch.Tensor | None,
                 shape: tuple[int, int]) -> torch.Tensor:
-        """``latents[l] (B, h_l, w_l)``, ``clim (1, 1, H, W)`` or None -> ``(B, H, W)``."""
-        mode = self.config.upsample
-        ups = [F.interpolate(z[:, None], size=shape, mode=mode, align_corners=False) for z in latents]
-        feats = torch.cat(ups, 1) * self.gain[None, :, None, None]
+        """``latents[l] (B, h_l, w_l)``, ``clim (1, 1, H, W)`` or None -> ``(B, H, W)``.
+
+        Each level is upsampled (:func:`upsample_matrices`: two matrix products, the same
+        linear map as ``F.interpolate`` with ``align_corners=False``) and the per-point MLP
+        (stored as 1x1 convolutions) runs as matrix products on channels-last features —
+        the same function as the convolutions, about twice as fast forward and backward on CPU."""
+        ups = []
+        for z in latents:
+            ah, aw = upsample_matrices(z.shape[-2:], shape, self.config.upsample, z.device)
+            ups.append(ah @ z @ aw.T)
+        feats = torch.stack(ups, -1) * self.gain  # (B, H, W, L)
         if self.config.climatology:
             if clim is None:
                 raise ValueError("this model needs its climatology field")
-            feats = torch.cat([feats, clim.expand(feats.shape[0], -1, -1, -1)], 1)
-        out = self.mlp(feats)
+            feats = torch.cat([feats, clim[0, 0, :, :, None].expand(feats.shape[0], -1, -1, 1)], -1)
+        x = feats
+        for layer in self.mlp:
+            if isinstance(layer, nn.Conv2d):
+                x = F.linear(x, layer.weight.flatten(1), layer.bias)
+            else:
+                x = layer(x)
+        out = x.permute(0, 3, 1, 2)  # (B, C, H, W)
         if self.head is not None and self.refine is not None:
             return (self.head(out) + self.refine(out))[:, 0]
         if self.refine is not None:

@@ -10,6 +10,7 @@ import numcodecs
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import era5
 
 from coinpp_pipeline import Model
@@ -20,6 +21,7 @@ from coinpp_pipeline.grid_model import GridModel, GridTrainConfig, train_grid_mo
 from coinpp_pipeline.latent_grid import (
     GridConfig,
     GridEntropyModel,
+    GridSynthesis,
     coarse_context,
     level_contexts,
     row_contexts,
@@ -153,7 +155,52 @@ def test_config_validation() -> None:
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="encode_noise_fraction"):
             GridConfig(encode_noise_fraction=bad)
+    for bad in (0.0, -0.03, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="encode_lr"):
+            GridConfig(encode_lr=bad)
     assert GridConfig().contexts == "causal" and GridConfig().to_dict()["contexts"] == "causal"
+
+
+@pytest.mark.parametrize(("config", "shape"), [
+    (GridConfig(field_shape=(181, 360)), (181, 360)),
+    (GridConfig(climatology=False, refine_channels=4, upsample="bilinear"), (37, 49)),
+    (GridConfig(climatology=False, conv=False, factors=(1, 2)), (5, 7)),
+])
+def test_synthesis_matches_interpolate_and_convolutions(config: GridConfig, shape: tuple[int, int]) -> None:
+    """The synthesis runs its upsampling as matrix products and its 1x1 convolutions as
+    channels-last matmuls; it must be the same function as F.interpolate + Conv2d."""
+    torch.manual_seed(0)
+    net = GridSynthesis(config)
+    for p in net.parameters():
+        p.data.normal_(0, 0.3)
+    zs = [torch.randn(3, *s) for s in config.level_shapes(shape)]
+    clim = torch.randn(1, 1, *shape)
+    with torch.no_grad():
+        ups = [F.interpolate(z[:, None], size=shape, mode=config.upsample, align_corners=False) for z in zs]
+        feats = torch.cat(ups, 1) * net.gain[None, :, None, None]
+        if config.climatology:
+            feats = torch.cat([feats, clim.expand(3, -1, -1, -1)], 1)
+        out = net.mlp(feats)
+        if net.head is not None and net.refine is not None:
+            expected = (net.head(out) + net.refine(out))[:, 0]
+        else:
+            expected = (out + net.refine(out))[:, 0] if net.refine is not None else out[:, 0]
+        got = net(zs, clim if config.climatology else None, shape)
+    assert got.shape == (3, *shape)
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+
+
+def test_synthesis_backward_after_a_first_call_under_inference_mode() -> None:
+    """Upsampling matrices are cached; one first built while decoding (inference mode) must
+    still serve an encoder's backward pass."""
+    config = GridConfig(climatology=False, factors=(2, 4))
+    net = GridSynthesis(config)
+    zs = [torch.randn(1, *s) for s in config.level_shapes((11, 13))]
+    with torch.inference_mode():
+        net(zs, None, (11, 13))
+    zs = [z.requires_grad_() for z in zs]
+    net(zs, None, (11, 13)).sum().backward()
+    assert all(z.grad is not None and z.grad.abs().sum() > 0 for z in zs)
 
 
 # ------------------------------------------------------------------------------ model
@@ -347,14 +394,41 @@ def test_encode_batches_cover_every_field_once_within_the_point_budget() -> None
 
 
 def test_short_noise_phase_still_moves_the_latents_off_zero(gmodel: GridModel, held_out: np.ndarray) -> None:
-    import copy
-    import dataclasses
-
-    m = copy.copy(gmodel)  # same network and tables, encoder default changed
-    m.config = dataclasses.replace(gmodel.config, encode_noise_fraction=0.05)
+    m = gmodel.with_encoding(encode_noise_fraction=0.05)  # same network and tables
     x = gmodel._normalise(held_out.astype(np.float64))
     grids = m.fit_grids(x, np.isfinite(held_out), 40, 0.1)
     assert sum(int(np.abs(g).sum()) for g in grids) > 0  # annealing from zero alone would stay at zero
     err = np.mean((m.synthesize_grids(grids, (46, 90)) - held_out) ** 2)
     base = np.mean((m.synthesize_grids([np.zeros_like(g) for g in grids], (46, 90)) - held_out) ** 2)
     assert err < 0.75 * base
+
+
+def test_with_encoding_changes_only_the_encoding_defaults(gmodel: GridModel, held_out: np.ndarray) -> None:
+    m = gmodel.with_encoding(encode_lr=0.08, encode_steps=30)
+    assert (m.config.encode_lr, m.config.encode_steps) == (0.08, 30)
+    assert m.config.encode_noise_fraction == gmodel.config.encode_noise_fraction
+    assert dataclasses_equal_but(m.config, gmodel.config, {"encode_lr", "encode_steps"})
+    # a new model file (its own id) holding the same network, mean and tables
+    assert m.sha256 != gmodel.sha256
+    re = Model.from_bytes(m.to_bytes())
+    assert isinstance(re, GridModel) and re.config == m.config
+    for k, v in gmodel.network.state_dict().items():
+        assert torch.equal(re.network.state_dict()[k], v)
+    assert np.array_equal(re.tables.counts, gmodel.tables.counts)
+    # the new defaults are what encode uses: the step count as if passed per call, and the
+    # learning rate (the old rate gives other latents)
+    blob = m.encode(held_out[:1])
+    assert unpack(blob).sections == unpack(gmodel.with_encoding(encode_lr=0.08).encode(held_out[:1], steps=30)).sections
+    assert unpack(blob).sections != unpack(gmodel.encode(held_out[:1], steps=30)).sections
+    assert np.allclose(re.decode(blob), m.decode(blob))
+    with pytest.raises(ModelMismatchError):
+        gmodel.decode(blob)  # chunks name the model file that wrote them
+    with pytest.raises(ValueError, match="encode_lr"):
+        gmodel.with_encoding(encode_lr=-1.0)
+
+
+def dataclasses_equal_but(a: GridConfig, b: GridConfig, fields: set[str]) -> bool:
+    import dataclasses
+
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    return {k: v for k, v in da.items() if k not in fields} == {k: v for k, v in db.items() if k not in fields}
