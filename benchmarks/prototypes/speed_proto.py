@@ -2,15 +2,20 @@
 
     python benchmarks/prototypes/speed_proto.py [--threads 1 2] [--batch 1]
 
-``conv``: the library's forward (bicubic F.interpolate, 1x1 convolutions in NCHW);
+``conv``: the session-10 forward (bicubic F.interpolate, 1x1 convolutions in NCHW);
 ``linear``: the MLP as matmuls on channels-last features; ``linear+sep``: also the bicubic
-upsampling as two matmuls per level with precomputed 1-D interpolation matrices. Prints
+upsampling as two matmuls per level with precomputed 1-D interpolation matrices (what
+``GridSynthesis.forward`` does since session 11); ``library``: the library's forward. Prints
 ms per forward+backward step (181x360 field, default config) and the largest output difference.
 """
-import argparse, sys, time
+import argparse
+import sys
+import time
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from coinpp_pipeline.latent_grid import GridConfig, GridSynthesis  # noqa: E402
 
@@ -46,12 +51,18 @@ def mlp_linear(feats_cl: torch.Tensor) -> torch.Tensor:
 
 def fwd(zs, variant):
     B = zs[0].shape[0]
-    if variant == "conv":
+    if variant == "library":
         return net(zs, clim, (H, W))
+    if variant == "conv":
+        ups = [F.interpolate(z[:, None], size=(H, W), mode="bicubic", align_corners=False) for z in zs]
+        feats = torch.cat(ups + [clim.expand(B, -1, -1, -1)], 1)
+        feats = feats * torch.cat([net.gain, torch.ones(1)])[None, :, None, None]
+        out = net.mlp(feats)
+        return (out + net.refine(out))[:, 0]
     if variant == "linear":
         ups = [F.interpolate(z[:, None], size=(H, W), mode="bicubic", align_corners=False)[:, 0] for z in zs]
     else:
-        ups = [ah @ z @ aw.T for z, (ah, aw) in zip(zs, mats)]
+        ups = [ah @ z @ aw.T for z, (ah, aw) in zip(zs, mats, strict=False)]
     feats = torch.stack(ups, -1) * net.gain
     feats = torch.cat([feats, clim[0, 0][None, :, :, None].expand(B, H, W, 1)], -1)
     out = mlp_linear(feats)[..., 0][:, None]
@@ -66,12 +77,14 @@ def step(variant):
 
 
 zs = [torch.randn(a.batch, *s) for s in shapes]
-ref = fwd(zs, "conv")
-for v in ("linear", "linear+sep"):
-    print(f"{v}: max |diff| vs conv {float((fwd(zs, v) - ref).abs().max()):.2e} (output std {float(ref.std()):.2f})")
+with torch.no_grad():
+    ref = fwd(zs, "conv")
+with torch.no_grad():
+    for v in ("linear", "linear+sep", "library"):
+        print(f"{v}: max |diff| vs conv {float((fwd(zs, v) - ref).abs().max()):.2e} (output std {float(ref.std()):.2f})")
 for threads in a.threads:
     torch.set_num_threads(threads)
-    for v in ("conv", "linear", "linear+sep"):
+    for v in ("conv", "linear", "linear+sep", "library"):
         for _ in range(3):
             step(v)
         t = time.perf_counter()
