@@ -23,6 +23,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
 ap.add_argument("--batch", type=int, default=1)
 ap.add_argument("--shape", type=int, nargs=2, default=[181, 360])
+ap.add_argument("--forward-only", action="store_true", help="time inference-mode forward passes (decoding)")
 a = ap.parse_args()
 H, W = a.shape
 torch.manual_seed(0)
@@ -71,6 +72,10 @@ def fwd(zs, variant):
 
 
 def step(variant):
+    if a.forward_only:
+        with torch.inference_mode():
+            fwd([torch.randn(a.batch, *s) for s in shapes], variant)
+        return
     zs = [torch.randn(a.batch, *s, requires_grad=True) for s in shapes]
     loss = (fwd(zs, variant) ** 2).mean()
     loss.backward()
@@ -90,4 +95,4 @@ for threads in a.threads:
         t = time.perf_counter()
         for _ in range(10):
             step(v)
-        print(f"threads {threads} batch {a.batch} {v}: {(time.perf_counter() - t) / 10 * 1e3:.1f} ms/step", flush=True)
+        print(f"threads {threads} batch {a.batch} {v}: {(time.perf_counter() - t) / 10 * 1e3:.1f} ms/{'forward' if a.forward_only else 'step'}", flush=True)
