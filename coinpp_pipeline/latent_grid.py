@@ -217,6 +217,11 @@ def torch_contexts(rounded: Sequence[torch.Tensor], level: int, scheme: str = "r
 
 # ------------------------------------------------------------------------------ network
 _UPSAMPLE_CACHE: dict[tuple[int, int, str, str], torch.Tensor] = {}
+#: Largest cost, in multiply-adds per output point (``h*w/W + w`` for a level ``(h, w)``
+#: upsampled to ``(H, W)``), at which a level is upsampled by dense matrix products (fast
+#: matmul kernels) rather than ``F.interpolate`` (16 taps per point, slow backward on CPU).
+#: A 181x360 field's finest level (91x180) costs 226.
+DENSE_UPSAMPLE_MACS = 256
 
 
 def _interp_matrix(n_in: int, n_out: int, mode: str, device: torch.device) -> torch.Tensor:
@@ -274,13 +279,18 @@ class GridSynthesis(nn.Module):
         """``latents[l] (B, h_l, w_l)``, ``clim (1, 1, H, W)`` or None -> ``(B, H, W)``.
 
         Each level is upsampled (:func:`upsample_matrices`: two matrix products, the same
-        linear map as ``F.interpolate`` with ``align_corners=False``) and the per-point MLP
+        linear map as ``F.interpolate`` with ``align_corners=False``; ``F.interpolate``
+        itself for levels wider than :data:`DENSE_UPSAMPLE_MACS` allows) and the per-point MLP
         (stored as 1x1 convolutions) runs as matrix products on channels-last features —
         the same function as the convolutions, about twice as fast forward and backward on CPU."""
         ups = []
         for z in latents:
-            ah, aw = upsample_matrices(z.shape[-2:], shape, self.config.upsample, z.device)
-            ups.append(ah @ z @ aw.T)
+            h, w = z.shape[-2:]
+            if h * w / shape[1] + w <= DENSE_UPSAMPLE_MACS:
+                ah, aw = upsample_matrices((h, w), shape, self.config.upsample, z.device)
+                ups.append(ah @ z @ aw.T)
+            else:  # a wide fine level: dense matrices would cost more than they save
+                ups.append(F.interpolate(z[:, None], size=shape, mode=self.config.upsample, align_corners=False)[:, 0])
         feats = torch.stack(ups, -1) * self.gain  # (B, H, W, L)
         if self.config.climatology:
             if clim is None:

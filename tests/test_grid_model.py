@@ -165,6 +165,7 @@ def test_config_validation() -> None:
     (GridConfig(field_shape=(181, 360)), (181, 360)),
     (GridConfig(climatology=False, refine_channels=4, upsample="bilinear"), (37, 49)),
     (GridConfig(climatology=False, conv=False, factors=(1, 2)), (5, 7)),
+    (GridConfig(climatology=False, factors=(1, 2, 4)), (20, 600)),  # wide levels: F.interpolate
 ])
 def test_synthesis_matches_interpolate_and_convolutions(config: GridConfig, shape: tuple[int, int]) -> None:
     """The synthesis runs its upsampling as matrix products and its 1x1 convolutions as
