@@ -9,6 +9,7 @@ A chunk is ``(*items, H, W)``: every leading axis enumerates 2-D fields.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import struct
@@ -141,8 +142,9 @@ class GridModel(Model):
 
     def with_encoding(self, *, encode_steps: int | None = None, encode_lr: float | None = None,
                       encode_noise_fraction: float | None = None, rate_weight: float | None = None) -> GridModel:
-        """A copy of this model with other encoding defaults (the synthesis network, mean and
-        entropy tables are shared, unchanged). Encoding settings are part of the model file,
+        """A copy of this model with other encoding defaults (same synthesis weights, mean and
+        entropy tables; the network is copied, so moving one model to a device leaves the
+        other where it is). Encoding settings are part of the model file,
         so the copy has its own model id: chunks written by one are not read by the other."""
         c = self.config
         config = dataclasses.replace(
@@ -152,7 +154,7 @@ class GridModel(Model):
             encode_noise_fraction=c.encode_noise_fraction if encode_noise_fraction is None else float(encode_noise_fraction),
             rate_weight=c.rate_weight if rate_weight is None else float(rate_weight),
         )
-        net: GridSynthesis = self.network  # type: ignore[assignment]
+        net: GridSynthesis = copy.deepcopy(self.network)  # type: ignore[assignment]
         return GridModel(config, net, self.mean, float(self.std[0]), self.tables, self.report).to(self.device)
 
     def to(self, device: str | torch.device | None) -> GridModel:

@@ -26,6 +26,7 @@ probability table of every context is an integer frequency table (:class:`GridEn
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -216,7 +217,6 @@ def torch_contexts(rounded: Sequence[torch.Tensor], level: int, scheme: str = "r
 
 
 # ------------------------------------------------------------------------------ network
-_UPSAMPLE_CACHE: dict[tuple[int, int, str, str], torch.Tensor] = {}
 #: Largest cost, in multiply-adds per output point (``h*w/W + w`` for a level ``(h, w)``
 #: upsampled to ``(H, W)``), at which a level is upsampled by dense matrix products (fast
 #: matmul kernels) rather than ``F.interpolate`` (16 taps per point, slow backward on CPU).
@@ -224,20 +224,14 @@ _UPSAMPLE_CACHE: dict[tuple[int, int, str, str], torch.Tensor] = {}
 DENSE_UPSAMPLE_MACS = 256
 
 
+@functools.lru_cache(maxsize=256)
 def _interp_matrix(n_in: int, n_out: int, mode: str, device: torch.device) -> torch.Tensor:
-    key = (n_in, n_out, mode, str(device))
-    m = _UPSAMPLE_CACHE.get(key)
-    if m is None:
-        # a normal tensor even when first built under inference_mode, so that a later
-        # autograd pass (the encoder, training) may save it for backward
-        with torch.inference_mode(False), torch.no_grad():
-            eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
-            cols = F.interpolate(eye, size=(n_out, 1), mode=mode, align_corners=False)[:, 0, :, 0]
-            m = cols.T.contiguous().float().to(device)
-        if len(_UPSAMPLE_CACHE) >= 256:
-            _UPSAMPLE_CACHE.clear()
-        _UPSAMPLE_CACHE[key] = m
-    return m
+    # a normal tensor even when first built under inference_mode, so that a later autograd
+    # pass (the encoder, training) may save it for backward
+    with torch.inference_mode(False), torch.no_grad():
+        eye = torch.eye(n_in, dtype=torch.float64).view(n_in, 1, n_in, 1)
+        cols = F.interpolate(eye, size=(n_out, 1), mode=mode, align_corners=False)[:, 0, :, 0]
+        return cols.T.contiguous().float().to(device)
 
 
 def upsample_matrices(src: Sequence[int], dst: tuple[int, int], mode: str,
