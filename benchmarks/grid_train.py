@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datasets import load  # noqa: E402
 
-from coinpp_pipeline.grid_model import GridModel, GridTrainConfig, train_grid_model  # noqa: E402
+from coinpp_pipeline.grid_model import GridModel, GridTrainConfig, fit_table_sets, train_grid_model  # noqa: E402
 from coinpp_pipeline.latent_grid import GridConfig  # noqa: E402
 
 
@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--encode-lr", type=float, default=None, help="encoder learning rate (default 0.03)")
     ap.add_argument("--encode-noise-fraction", type=float, default=None,
                     help="the model's default share of encoder steps with additive noise (default 0.5)")
+    ap.add_argument("--tables-per-rate-weight", action="store_true",
+                    help="also keep entropy tables per training rate weight (chunks use the shortest)")
+    ap.add_argument("--table-sets", type=float, nargs="+", default=None, metavar="LAMBDA",
+                    help="after training (or on --from-model): add entropy tables per rate weight, counted "
+                         "from the encoder's latents of the training fields at each of these rate weights")
+    ap.add_argument("--table-fields", type=int, default=None,
+                    help="with --table-sets: encode at most this many training fields (evenly spaced)")
     ap.add_argument("--from-model", default=None,
                     help="no training: copy this grid model with the encoding defaults given")
     ap.add_argument("--climatology", choices=["auto", "yes", "no"], default="auto")
@@ -62,24 +69,42 @@ def main(argv: list[str] | None = None) -> str:
         base = GridModel.load(args.from_model)
         if not isinstance(base, GridModel):
             ap.error(f"--from-model {args.from_model} is not a grid model")
-        return _save(base.with_encoding(**encoding), args.out)
+        model = base.with_encoding(**encoding)
+        if args.table_sets:
+            model = _table_sets(model, args)
+        return _save(model, args.out)
 
-    ds = load(args.dataset)
-    train = ds.train.reshape(-1, *ds.train.shape[-2:])
+    train = _train_fields(args.dataset)
     clim = {"yes": True, "no": False}.get(args.climatology, args.dataset.startswith(("era5", "hadcm3")))
     config = GridConfig(factors=tuple(args.factors), hidden=args.hidden, climatology=clim,
                         refine_channels=args.refine_channels, contexts=args.contexts,
                         **{k: v for k, v in encoding.items() if v is not None})
     tc = GridTrainConfig(steps=args.steps, batch=args.batch, rate_weights=tuple(args.rate_weights),
-                         seed=args.seed, device=args.device,
+                         seed=args.seed, device=args.device, tables_per_rate_weight=args.tables_per_rate_weight,
                          ste_fraction=args.ste_fraction, sga_fraction=args.sga_fraction, log_every=max(args.steps // 10, 1))
-    print(f"{ds.name}: {train.shape[0]} training fields {train.shape[1:]}, climatology={clim}, "
+    print(f"{args.dataset}: {train.shape[0]} training fields {train.shape[1:]}, climatology={clim}, "
           f"torch {torch.__version__} threads {torch.get_num_threads()}", flush=True)
     t = time.perf_counter()
     model = train_grid_model(train, config, tc, log=lambda r: print(
         f"  step {r['step']:5d}  mse {r['mse']:.4f}  bpv {r['bpv']:.4f}  {r['time_s']:.0f}s", flush=True))
     print(f"trained in {time.perf_counter() - t:.0f} s")
+    if args.table_sets:
+        model = _table_sets(model, args)
     return _save(model, args.out)
+
+
+def _train_fields(dataset: str) -> np.ndarray:
+    ds = load(dataset)
+    return ds.train.reshape(-1, *ds.train.shape[-2:])
+
+
+def _table_sets(model: GridModel, args: argparse.Namespace) -> GridModel:
+    train = _train_fields(args.dataset)
+    if args.table_fields is not None and args.table_fields < train.shape[0]:
+        train = train[np.linspace(0, train.shape[0] - 1, args.table_fields).round().astype(int)]
+    print(f"entropy tables per rate weight {args.table_sets} from {train.shape[0]} encoded training fields", flush=True)
+    return fit_table_sets(model, train, args.table_sets, log=lambda r: print(
+        f"  rate weight {r['rate_weight']:g}: {r['time_s']:.0f}s", flush=True))
 
 
 def _save(model: GridModel, out: str) -> str:

@@ -22,7 +22,13 @@ import torch
 
 from . import bitstream, checkpoints
 from .errors import BitstreamError
-from .latent_grid import GridConfig, GridEntropyModel, GridSynthesis
+from .latent_grid import (
+    GridConfig,
+    GridEntropyModel,
+    GridSynthesis,
+    compress_with_sets,
+    decompress_with_sets,
+)
 from .metalearning import pick_device
 from .model import Model, _encode_residual, _Parsed, _stable, check_input
 
@@ -79,6 +85,10 @@ class GridTrainConfig:
     latent_lr: float = 3e-2
     ste_fraction: float = 0.2
     sga_fraction: float = 0.0
+    #: Besides the pooled entropy tables, keep one set per training rate weight (counted from
+    #: that rate weight's training latents); each chunk is coded with whichever set gives
+    #: the fewest bytes.
+    tables_per_rate_weight: bool = False
     seed: int = 0
     device: str | None = None
     log_every: int = 100
@@ -100,12 +110,22 @@ class GridModel(Model):
         std: float,
         entropy: GridEntropyModel,
         report: dict[str, Any] | None = None,
+        table_sets: Sequence[GridEntropyModel] = (),
     ) -> None:
+        for t in table_sets:
+            if t.counts.shape != entropy.counts.shape:
+                raise ValueError(f"extra entropy tables {t.counts.shape} differ in shape from the "
+                                 f"pooled ones {entropy.counts.shape}")
+        if table_sets and entropy.scheme != "causal":
+            raise ValueError("extra entropy table sets need the causal context scheme")
         self.config = config
         self.network = synthesis.eval()  # type: ignore[assignment]
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32).reshape(1)
         self.tables = entropy
+        #: Extra entropy table sets (e.g. one per rate weight). With any, a chunk's ``G``
+        #: section's first range-coded symbol names the set it was coded with (0 = ``tables``).
+        self.table_sets = tuple(table_sets)
         self.entropy = None
         self.quantizer = None
         self.report = report or {}
@@ -122,6 +142,8 @@ class GridModel(Model):
             if self.tables.scheme == "causal":  # frequencies <= 2**24: int32 halves the file
                 counts = counts.astype(np.int32)
             tensors |= {"norm.mean": self.mean, "norm.std": self.std, "entropy.counts": counts}
+            if self.table_sets:
+                tensors["entropy.counts_sets"] = np.stack([t.counts for t in self.table_sets]).astype(counts.dtype)
             desc = {"kind": KIND, "config": self.config.to_dict(), "report": _stable(self.report)}
             self._bytes = checkpoints.serialize(tensors, desc)
         return self._bytes
@@ -135,8 +157,13 @@ class GridModel(Model):
         if tables.scheme != config.contexts or tables.levels != config.levels:
             raise BitstreamError(f"model file's entropy tables {tables.counts.shape} do not fit its "
                                  f"{config.contexts!r} contexts and {config.levels} levels")
+        sets = tensors.get("entropy.counts_sets")
+        table_sets = [GridEntropyModel(c) for c in sets.numpy()] if sets is not None else []
+        if any(t.counts.shape != tables.counts.shape for t in table_sets) or (table_sets and tables.scheme != "causal"):
+            raise BitstreamError(f"model file's extra entropy tables {tuple(sets.shape)} do not fit its "  # type: ignore[union-attr]
+                                 f"pooled tables {tables.counts.shape}")
         model = cls(config, net, tensors["norm.mean"].numpy(), float(tensors["norm.std"].reshape(-1)[0]),
-                    tables, desc.get("report"))
+                    tables, desc.get("report"), table_sets)
         model._bytes = bytes(data)
         return model
 
@@ -155,7 +182,8 @@ class GridModel(Model):
             rate_weight=c.rate_weight if rate_weight is None else float(rate_weight),
         )
         net: GridSynthesis = copy.deepcopy(self.network)  # type: ignore[assignment]
-        return GridModel(config, net, self.mean, float(self.std[0]), self.tables, self.report).to(self.device)
+        return GridModel(config, net, self.mean, float(self.std[0]), self.tables, self.report,
+                         self.table_sets).to(self.device)
 
     def to(self, device: str | torch.device | None) -> GridModel:
         self.device = pick_device(str(device) if device is not None else None)
@@ -232,6 +260,21 @@ class GridModel(Model):
             out = self.network(zs, self._climatology(), shape).float().cpu().numpy()
         return out.astype(np.float64) * float(self.std[0]) + self.mean.astype(np.float64)
 
+    # ------------------------------------------------------------------ entropy coding
+    def compress_grids(self, items: Sequence[Sequence[np.ndarray]]) -> bytes:
+        """Per item, its ``L`` int grids -> the ``G`` section payload: the pooled tables' bytes,
+        or with extra table sets, the shortest of all sets' codings with the set's index as
+        the first range-coded symbol (:func:`~coinpp_pipeline.latent_grid.compress_with_sets`)."""
+        if not self.table_sets:
+            return self.tables.compress(items)
+        return compress_with_sets((self.tables, *self.table_sets), items)
+
+    def decompress_grids(self, payload: bytes, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
+        """Inverse of :meth:`compress_grids`."""
+        if not self.table_sets:
+            return self.tables.decompress(payload, n_items, shapes)
+        return decompress_with_sets((self.tables, *self.table_sets), payload, n_items, shapes)
+
     # ------------------------------------------------------------------ chunks
     def encode(self, array: np.ndarray, *, steps: int | None = None, max_abs_error: float | None = None,
                rate_weight: float | None = None) -> bytes:
@@ -259,7 +302,7 @@ class GridModel(Model):
             ]
             grids = [np.concatenate([p[lv] for p in parts]) for lv in range(self.config.levels)]
             per_item = [[g[i] for g in grids] for i in range(x.shape[0])]
-            sections["G"] = self.tables.compress(per_item)
+            sections["G"] = self.compress_grids(per_item)
             if max_abs_error is not None:
                 pred = self.synthesize_grids(grids, hw)
                 sections["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, a.dtype)
@@ -276,8 +319,7 @@ class GridModel(Model):
             if "G" not in p.chunk.sections:
                 raise BitstreamError("chunk has neither latent grids nor a constant section")
             hw = (p.full[1], p.full[2])
-            items = self.tables.decompress(
-                p.chunk.sections["G"], p.items, self.config.level_shapes(hw))
+            items = self.decompress_grids(p.chunk.sections["G"], p.items, self.config.level_shapes(hw))
             grids = [np.stack([it[lv] for it in items]) for lv in range(self.config.levels)]
             values = self.synthesize_grids(grids, hw)
             out.append(p.finish(values[..., None]))
@@ -389,10 +431,54 @@ def train_grid_model(
     k = config.max_symbol
     final = [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in latents]
     entropy = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], k, config.contexts)
+    table_sets = []
+    if train.tables_per_rate_weight and len(set(train.rate_weights)) > 1:
+        lam_of = lams.cpu().numpy()
+        for lam in dict.fromkeys(train.rate_weights):
+            idx = np.flatnonzero(lam_of == np.float32(lam))
+            table_sets.append(GridEntropyModel.fit([[g[i] for g in final] for i in idx], k, config.contexts))
     report = {"kind": KIND, "train": train.to_dict(), "items": int(x.shape[0]), "field_shape": list(hw),
               "device": str(device),
               "history": history, "train_seconds": time.perf_counter() - t0}
-    return GridModel(config, net.cpu(), mean32, std, entropy, report)
+    if table_sets:
+        report["table_sets"] = [float(lam) for lam in dict.fromkeys(train.rate_weights)]
+    return GridModel(config, net.cpu(), mean32, std, entropy, report, table_sets)
+
+
+def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[float],
+                   steps: int | None = None, log: Any = None) -> GridModel:
+    """A copy of ``model`` with one extra entropy table set per rate weight, counted from the
+    latents the model's own encoder finds for training fields ``data (N, H, W)`` at that rate
+    weight (``steps``: encoder steps, default the model's). Chunks are then coded with
+    whichever set (or the pooled tables) gives the fewest bytes. The encoder's latents differ
+    from the auto-decoder's training latents the pooled tables are counted from, and their
+    statistics depend on the rate weight: tables per rate weight code them shorter."""
+    lams = [float(lam) for lam in dict.fromkeys(rate_weights)]
+    if not lams or any(not (math.isfinite(lam) and lam >= 0) for lam in lams):
+        raise ValueError(f"rate weights must be finite numbers >= 0, got {list(rate_weights)}")
+    x = np.asarray(data, np.float64)
+    x = x.reshape(-1, *x.shape[-2:])
+    hw = model._shape(x.shape)
+    valid = np.isfinite(x)
+    keep = [i for i in range(x.shape[0]) if valid[i].any()]
+    if not keep:
+        raise ValueError("training data holds no finite values")
+    x, valid = x[keep], valid[keep]
+    normed = model._normalise(x)
+    n_steps = model.config.encode_steps if steps is None else int(steps)
+    k = model.config.max_symbol
+    sets = []
+    t0 = time.perf_counter()
+    for lam in lams:
+        parts = [model.fit_grids(normed[b], valid[b], n_steps, lam) for b in encode_batches(x.shape[0], hw)]
+        grids = [np.concatenate([p[lv] for p in parts]) for lv in range(model.config.levels)]
+        sets.append(GridEntropyModel.fit([[g[i] for g in grids] for i in range(x.shape[0])], k, model.config.contexts))
+        if log is not None:
+            log({"rate_weight": lam, "fields": x.shape[0], "time_s": time.perf_counter() - t0})
+    report = dict(model.report) | {"table_sets": lams, "table_sets_from": {
+        "encoder_steps": n_steps, "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}}
+    net: GridSynthesis = copy.deepcopy(model.network)  # type: ignore[assignment]
+    return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, report, sets)
 
 
 def fit_rate_proxy(model: GridModel) -> GridModel:
@@ -420,4 +506,5 @@ def fit_rate_proxy(model: GridModel) -> GridModel:
         net.log_scale.copy_(torch.from_numpy(np.log(sc[best])).float())
         if net.loc is not None:
             net.loc.copy_(torch.from_numpy(lo[best]).float())
-    return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, dict(model.report))
+    return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, dict(model.report),
+                     model.table_sets)

@@ -384,16 +384,12 @@ class GridEntropyModel:
         per-level probabilities, :class:`_Presence`), then level by level (coarsest first)
         the present items' symbols, diagonal by diagonal, items interleaved within each
         diagonal (so one decoder call serves a diagonal of all items)."""
-        k, probs, scheme = self.max_symbol, self._probs(), self.scheme
-        for grids in items:
-            if len(grids) != self.levels:
-                raise ValueError(f"expected {self.levels} latent levels, got {len(grids)}")
-            if max(np.abs(z).max(initial=0) for z in grids) > k:
-                raise ValueError(f"latent symbols outside [-{k}, {k}]")
-        model = constriction.stream.model.Categorical(perfect=False)
+        self.check(items)
         enc = constriction.stream.queue.RangeEncoder()
-        bits = [[bool(z.any()) for z in grids] for grids in items]
-        if scheme == "row":
+        if self.scheme == "row":
+            k, probs, scheme = self.max_symbol, self._probs(), self.scheme
+            model = constriction.stream.model.Categorical(perfect=False)
+            bits = [[bool(z.any()) for z in grids] for grids in items]
             flags = bytearray()
             for grids, present in zip(items, bits, strict=True):
                 flags.append(sum(1 << lv for lv in range(self.levels) if present[lv]))
@@ -402,6 +398,24 @@ class GridEntropyModel:
                         cc, ss = level_contexts(grids, lv, scheme)
                         enc.encode((grids[lv].ravel() + k).astype(np.int32), model, probs[lv][cc.ravel(), ss.ravel()])
             return bytes(flags) + enc.get_compressed().astype("<u4").tobytes()
+        self.encode_to(enc, items)
+        return enc.get_compressed().astype("<u4").tobytes()
+
+    def check(self, items: Sequence[Sequence[np.ndarray]]) -> None:
+        """Raise ``ValueError`` unless every item has this model's levels, symbols in ``[-K, K]``."""
+        k = self.max_symbol
+        for grids in items:
+            if len(grids) != self.levels:
+                raise ValueError(f"expected {self.levels} latent levels, got {len(grids)}")
+            if max(np.abs(z).max(initial=0) for z in grids) > k:
+                raise ValueError(f"latent symbols outside [-{k}, {k}]")
+
+    def encode_to(self, enc: Any, items: Sequence[Sequence[np.ndarray]]) -> None:
+        """Append ``items`` (checked with :meth:`check`) to a constriction range encoder,
+        ``causal`` scheme: level-presence bits, then the levels' diagonals."""
+        k, probs, scheme = self.max_symbol, self._probs(), self.scheme
+        model = constriction.stream.model.Categorical(perfect=False)
+        bits = [[bool(z.any()) for z in grids] for grids in items]
         presence = _Presence(self.levels)
         for present in bits:
             for lv in reversed(range(self.levels)):
@@ -416,7 +430,6 @@ class GridEntropyModel:
             order = diagonal_order(z.shape)
             enc.encode((z.ravel()[order] + k).astype(np.int32), model,
                        probs[lv][tuple(c.ravel()[order] for c in ctx)])
-        return enc.get_compressed().astype("<u4").tobytes()
 
     def decompress(self, payload: bytes, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
         """Inverse of :meth:`compress` for ``n_items`` items of level ``shapes``."""
@@ -440,27 +453,69 @@ class GridEntropyModel:
                         if present >> lv & 1:
                             _decode_rows(dec, model, probs[lv], grids, lv, k)
                 return out
-            presence = _Presence(self.levels)
-            bits = []
-            for _ in range(n_items):
-                item_bits = [False] * self.levels
-                for lv in reversed(range(self.levels)):
-                    item_bits[lv] = bool(dec.decode(model, presence.probs(lv))[0])
-                    presence.update(lv, item_bits[lv])
-                bits.append(item_bits)
-            for lv in reversed(range(self.levels)):
-                idx = [i for i, present in enumerate(bits) if present[lv]]
-                if not idx:
-                    continue
-                cc = np.stack([coarse_context(out[i][lv + 1] if lv + 1 < self.levels else None, shapes[lv])
-                               for i in idx])
-                for i, z in zip(idx, _decode_diagonals(dec, model, probs[lv], cc, k), strict=True):
-                    out[i][lv] = z
+            return self.decode_from(dec, n_items, shapes)
         except BitstreamError:
             raise
         except Exception as exc:  # constriction raises on exhausted or inconsistent data
             raise BitstreamError(f"latent-grid payload cannot be decoded: {exc}") from exc
+
+    def decode_from(self, dec: Any, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
+        """Read ``n_items`` items of level ``shapes`` (``causal`` scheme, :meth:`encode_to`)
+        from a constriction range decoder."""
+        k, probs = self.max_symbol, self._probs()
+        model = constriction.stream.model.Categorical(perfect=False)
+        out = [[np.zeros(s, np.int64) for s in shapes] for _ in range(n_items)]
+        presence = _Presence(self.levels)
+        bits = []
+        for _ in range(n_items):
+            item_bits = [False] * self.levels
+            for lv in reversed(range(self.levels)):
+                item_bits[lv] = bool(dec.decode(model, presence.probs(lv))[0])
+                presence.update(lv, item_bits[lv])
+            bits.append(item_bits)
+        for lv in reversed(range(self.levels)):
+            idx = [i for i, present in enumerate(bits) if present[lv]]
+            if not idx:
+                continue
+            cc = np.stack([coarse_context(out[i][lv + 1] if lv + 1 < self.levels else None, shapes[lv])
+                           for i in idx])
+            for i, z in zip(idx, _decode_diagonals(dec, model, probs[lv], cc, k), strict=True):
+                out[i][lv] = z
         return out
+
+
+def compress_with_sets(sets: Sequence[GridEntropyModel], items: Sequence[Sequence[np.ndarray]]) -> bytes:
+    """Code ``items`` with whichever of the ``causal`` table ``sets`` gives the fewest bytes
+    (the first on ties): range-coder words (``<u4``) whose first symbol is the set's index,
+    uniform over ``len(sets)``, then :meth:`GridEntropyModel.encode_to` with that set."""
+    index = constriction.stream.model.Categorical(perfect=False)
+    uniform = np.full((1, len(sets)), 1.0 / len(sets))
+    sets[0].check(items)
+    coded = []
+    for i, t in enumerate(sets):
+        enc = constriction.stream.queue.RangeEncoder()
+        enc.encode(np.array([i], np.int32), index, uniform)
+        t.encode_to(enc, items)
+        coded.append(enc.get_compressed().astype("<u4").tobytes())
+    return min(coded, key=len)
+
+
+def decompress_with_sets(sets: Sequence[GridEntropyModel], payload: bytes, n_items: int,
+                         shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
+    """Inverse of :func:`compress_with_sets`."""
+    if len(shapes) != sets[0].levels:
+        raise BitstreamError(f"expected {sets[0].levels} level shapes, got {len(shapes)}")
+    if not payload or len(payload) % 4:
+        raise BitstreamError("latent-grid section has an invalid length")
+    index = constriction.stream.model.Categorical(perfect=False)
+    try:
+        dec = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
+        i = int(dec.decode(index, np.full((1, len(sets)), 1.0 / len(sets)))[0])
+        return sets[i].decode_from(dec, n_items, shapes)
+    except BitstreamError:
+        raise
+    except Exception as exc:  # constriction raises on exhausted or inconsistent data
+        raise BitstreamError(f"latent-grid payload cannot be decoded: {exc}") from exc
 
 
 def _decode_rows(dec: Any, model: Any, probs: np.ndarray, grids: list[np.ndarray], lv: int, k: int) -> None:

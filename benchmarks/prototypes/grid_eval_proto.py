@@ -56,3 +56,18 @@ for s in a.settings:
     f = lambda v: "-" if v is None else f"{psnr - v:+.2f}"  # noqa: E731
     print(f"lam {lam} steps {steps or m.config.encode_steps}: ratio {ratio:.1f} psnr {psnr:.2f}  "
           f"vs SPERR {f(sp)}  vs SPERR-anom {f(sa)}  encode {te:.0f}s", flush=True)
+    if getattr(m, "table_sets", ()):  # same chunks coded with the pooled tables only
+        from coinpp_pipeline.bitstream import unpack  # noqa: E402
+        pooled, used = 0, []
+        for b, c in zip(blobs, d.test_chunks):
+            g = unpack(b).sections.get("G")
+            if g is None:
+                pooled += len(b)
+                continue
+            n = int(np.prod(c.shape[:-2]))
+            items = m.decompress_grids(g, n, m.config.level_shapes(c.shape[-2:]))
+            pooled += len(b) - len(g) + len(m.tables.compress(items))
+            used.append(g[0])
+        r0 = d.raw_bytes / pooled
+        print(f"    pooled tables only: ratio {r0:.1f} (vs SPERR-anom {f(interp(series.get('SPERR bpp anomaly', []), r0))}); "
+              f"sets used {sorted(set(used))}; bytes {sum(map(len, blobs)) / pooled - 1:+.1%}", flush=True)
