@@ -27,6 +27,7 @@ from coinpp_pipeline import Model, ModelConfig
 from coinpp_pipeline.bitstream import FORMAT_VERSION, pack, unpack
 from coinpp_pipeline.checkpoints import MODEL_FORMAT_VERSION
 from coinpp_pipeline.coordinates import PatchLayout, split_shape
+from coinpp_pipeline.errors import ModelMismatchError
 from coinpp_pipeline.grid_model import GridModel
 from coinpp_pipeline.latent_grid import GridConfig
 
@@ -70,7 +71,8 @@ def test_model_file_sha256(model: Model) -> None:
 
 
 def test_fixtures_are_small() -> None:
-    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 200_000
+    # the largest: the grid models' entropy tables (≈ 39 KB per table set)
+    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 320_000
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -189,3 +191,28 @@ def test_grid_chunks_in_format_version_2(name: str) -> None:
     np.testing.assert_allclose(out, np.load(FIXTURES / f"{prefix}_{name}.npy"), rtol=0, atol=2e-3, equal_nan=True)
     # packing what was read reproduces the file: the version-2 layout is pinned
     assert pack(dataclasses.replace(chunk, model_id=grid_model.model_id)) == blob
+
+
+def test_grid_chunk_coded_with_an_entropy_table_set() -> None:
+    """A model with entropy table sets (``make_golden_grid.py sets``): the file holds the
+    causal model's network and pooled tables plus one set; its chunk's ``G`` payload names a
+    set in its first range-coded symbol and decodes to the stored symbols and array."""
+    base = Model.load(str(FIXTURES / "golden_grid_causal_model.coinpp"), sha256=GRID_FIXTURES["causal"][1])
+    m = Model.load(str(FIXTURES / "golden_grid_sets_model.coinpp"),
+                   sha256="59a61fcb57cd0166c0cce5d44397998da0fbbe6fbd047d4b42c033f324aaaec8")
+    assert isinstance(m, GridModel) and isinstance(base, GridModel)
+    assert m.config == base.config and np.array_equal(m.tables.counts, base.tables.counts)
+    assert len(m.table_sets) == 1 and m.report["table_sets"] == [0.001]
+    blob = (FIXTURES / "golden_grid_sets_fields.bin").read_bytes()
+    chunk = unpack(blob)
+    assert (chunk.version, chunk.shape, set(chunk.sections)) == (2, (2, 32, 48), {"G"})
+    items = m.decompress_grids(chunk.sections["G"], 2, m.config.level_shapes((32, 48)))
+    symbols = np.concatenate([g.ravel() for item in items for g in item])
+    expected_symbols = np.load(FIXTURES / "golden_grid_sets_fields_symbols.npy")
+    np.testing.assert_array_equal(symbols, expected_symbols)
+    assert np.count_nonzero(expected_symbols) > 100
+    assert len(chunk.sections["G"]) < len(m.tables.compress(items))  # coded with a set, not the pooled tables
+    np.testing.assert_allclose(m.decode(blob), np.load(FIXTURES / "golden_grid_sets_fields.npy"), rtol=0, atol=2e-3)
+    assert pack(dataclasses.replace(chunk, model_id=m.model_id)) == blob
+    with pytest.raises(ModelMismatchError):
+        base.decode(blob)
