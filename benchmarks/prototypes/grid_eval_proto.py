@@ -67,7 +67,8 @@ for s in a.settings:
             n = int(np.prod(c.shape[:-2]))
             items = m.decompress_grids(g, n, m.config.level_shapes(c.shape[-2:]))
             pooled += len(b) - len(g) + len(m.tables.compress(items))
-            used.append(g[0])
+            sizes = [len(t.compress(items)) for t in (m.tables, *m.table_sets)]
+            used.append(int(np.argmin(sizes)))  # the set compress_with_sets picked
         r0 = d.raw_bytes / pooled
         print(f"    pooled tables only: ratio {r0:.1f} (vs SPERR-anom {f(interp(series.get('SPERR bpp anomaly', []), r0))}); "
               f"sets used {sorted(set(used))}; bytes {sum(map(len, blobs)) / pooled - 1:+.1%}", flush=True)
