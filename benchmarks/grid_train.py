@@ -49,8 +49,6 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--encode-lr", type=float, default=None, help="encoder learning rate (default 0.03)")
     ap.add_argument("--encode-noise-fraction", type=float, default=None,
                     help="the model's default share of encoder steps with additive noise (default 0.5)")
-    ap.add_argument("--tables-per-rate-weight", action="store_true",
-                    help="also keep entropy tables per training rate weight (chunks use the shortest)")
     ap.add_argument("--table-sets", type=float, nargs="+", default=None, metavar="LAMBDA",
                     help="after training (or on --from-model): add entropy tables per rate weight, counted "
                          "from the encoder's latents of the training fields at each of these rate weights")
@@ -80,7 +78,7 @@ def main(argv: list[str] | None = None) -> str:
                         refine_channels=args.refine_channels, contexts=args.contexts,
                         **{k: v for k, v in encoding.items() if v is not None})
     tc = GridTrainConfig(steps=args.steps, batch=args.batch, rate_weights=tuple(args.rate_weights),
-                         seed=args.seed, device=args.device, tables_per_rate_weight=args.tables_per_rate_weight,
+                         seed=args.seed, device=args.device,
                          ste_fraction=args.ste_fraction, sga_fraction=args.sga_fraction, log_every=max(args.steps // 10, 1))
     print(f"{args.dataset}: {train.shape[0]} training fields {train.shape[1:]}, climatology={clim}, "
           f"torch {torch.__version__} threads {torch.get_num_threads()}", flush=True)

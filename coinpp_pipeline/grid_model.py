@@ -85,10 +85,6 @@ class GridTrainConfig:
     latent_lr: float = 3e-2
     ste_fraction: float = 0.2
     sga_fraction: float = 0.0
-    #: Besides the pooled entropy tables, keep one set per training rate weight (counted from
-    #: that rate weight's training latents); each chunk is coded with whichever set gives
-    #: the fewest bytes.
-    tables_per_rate_weight: bool = False
     seed: int = 0
     device: str | None = None
     log_every: int = 100
@@ -431,18 +427,10 @@ def train_grid_model(
     k = config.max_symbol
     final = [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in latents]
     entropy = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], k, config.contexts)
-    table_sets = []
-    if train.tables_per_rate_weight and len(set(train.rate_weights)) > 1:
-        lam_of = lams.cpu().numpy()
-        for lam in dict.fromkeys(train.rate_weights):
-            idx = np.flatnonzero(lam_of == np.float32(lam))
-            table_sets.append(GridEntropyModel.fit([[g[i] for g in final] for i in idx], k, config.contexts))
     report = {"kind": KIND, "train": train.to_dict(), "items": int(x.shape[0]), "field_shape": list(hw),
               "device": str(device),
               "history": history, "train_seconds": time.perf_counter() - t0}
-    if table_sets:
-        report["table_sets"] = [float(lam) for lam in dict.fromkeys(train.rate_weights)]
-    return GridModel(config, net.cpu(), mean32, std, entropy, report, table_sets)
+    return GridModel(config, net.cpu(), mean32, std, entropy, report)
 
 
 def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[float],

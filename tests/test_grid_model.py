@@ -430,39 +430,6 @@ def test_with_encoding_changes_only_the_encoding_defaults(gmodel: GridModel, hel
 
 
 
-def test_entropy_tables_per_rate_weight(gmodel: GridModel, train_data: np.ndarray, held_out: np.ndarray) -> None:
-    m = train_grid_model(train_data, CONFIG, dataclasses.replace(TRAIN, tables_per_rate_weight=True))
-    # the option only adds tables: same (seeded) network and pooled tables, one set per rate weight
-    assert np.array_equal(m.tables.counts, gmodel.tables.counts)
-    assert len(m.table_sets) == len(TRAIN.rate_weights) and m.report["table_sets"] == [0.3, 3.0]
-    assert not any(np.array_equal(t.counts, m.tables.counts) for t in m.table_sets)
-    re = Model.from_bytes(m.to_bytes(), sha256=m.sha256)
-    assert isinstance(re, GridModel) and re.to_bytes() == m.to_bytes()
-    assert all(np.array_equal(a.counts, b.counts) for a, b in zip(re.table_sets, m.table_sets, strict=True))
-    chosen = set()
-    for lam in (0.3, 3.0, 30.0):
-        blob = m.encode(held_out, rate_weight=lam)
-        g = unpack(blob).sections["G"]
-        grids = m.fit_grids(m._normalise(held_out.astype(np.float64)), np.isfinite(held_out),
-                            m.config.encode_steps, lam)
-        items = [[z[i] for z in grids] for i in range(held_out.shape[0])]
-        sizes = [len(t.compress(items)) for t in (m.tables, *m.table_sets)]
-        # the G section is the shortest set's coding (its index costs < 1 range-coder word)
-        assert len(g) <= min(sizes) + 4
-        used = [i for i, t in enumerate((m.tables, *m.table_sets)) if len(t.compress(items)) == min(sizes)]
-        chosen.update(used)
-        np.testing.assert_array_equal(re.decode(blob), m.decode(blob))
-        assert psnr(held_out, re.decode(blob)) > 20
-    assert chosen - {0}, "a per-rate-weight set should code some held-out chunk shortest"
-    chunk = dataclasses.replace(unpack(m.encode(held_out[:1])), model_id=m.model_id)
-    for bad, match in ((b"", "invalid length"), (b"\xff" * 8, "cannot be decoded")):
-        with pytest.raises(BitstreamError, match=match):
-            m.decode(pack(dataclasses.replace(chunk, sections={**chunk.sections, "G": bad})))
-    with pytest.raises(ValueError, match="differ in shape"):
-        GridModel(m.config, m.network, m.mean, float(m.std[0]), m.tables, None,
-                  [GridEntropyModel(m.tables.counts[:1])])
-
-
 def test_fit_table_sets_from_the_encoders_training_latents(gmodel: GridModel, train_data: np.ndarray,
                                                            held_out: np.ndarray) -> None:
     m = fit_table_sets(gmodel, train_data[:4], [0.02, 30.0])
@@ -476,6 +443,24 @@ def test_fit_table_sets_from_the_encoders_training_latents(gmodel: GridModel, tr
         sizes.append((len(blob), len(plain)))
     assert sizes[1][0] <= sizes[1][1] + 4
     assert sizes[0][0] < 0.97 * sizes[0][1], sizes
+    # the model file round-trips its sets; every chunk is the shortest set's coding
+    re = Model.from_bytes(m.to_bytes(), sha256=m.sha256)
+    assert isinstance(re, GridModel) and re.to_bytes() == m.to_bytes()
+    assert all(np.array_equal(a.counts, b.counts) for a, b in zip(re.table_sets, m.table_sets, strict=True))
+    chosen = set()
+    for lam in (0.02, 0.3, 30.0):
+        blob = m.encode(held_out, rate_weight=lam)
+        g = unpack(blob).sections["G"]
+        items = re.decompress_grids(g, held_out.shape[0], m.config.level_shapes((46, 90)))
+        sizes_ = [len(t.compress(items)) for t in (m.tables, *m.table_sets)]
+        assert len(g) <= min(sizes_) + 4  # the set index costs less than one range-coder word
+        chosen.update(i for i, n in enumerate(sizes_) if n == min(sizes_))
+        np.testing.assert_array_equal(re.decode(blob), m.decode(blob))
+    assert chosen - {0}, "a table set should code some held-out chunk shortest"
+    chunk = dataclasses.replace(unpack(m.encode(held_out[:1])), model_id=m.model_id)
+    for bad, match in ((b"", "invalid length"), (b"\xff" * 8, "cannot be decoded")):
+        with pytest.raises(BitstreamError, match=match):
+            m.decode(pack(dataclasses.replace(chunk, sections={**chunk.sections, "G": bad})))
     with pytest.raises(ValueError, match="rate weights"):
         fit_table_sets(gmodel, train_data[:2], [-1.0])
     rowcfg = dataclasses.replace(gmodel.config, contexts="row")
