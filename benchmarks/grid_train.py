@@ -13,6 +13,12 @@ prints its path.
 (``--encode-steps``, ``--encode-lr``, ``--encode-noise-fraction``; the network is unchanged)::
 
     python benchmarks/grid_train.py --from-model benchmarks/results/models/<sha>.coinpp --encode-lr 0.08
+
+``--table-sets λ …`` (after training, or with ``--from-model``) adds entropy tables per rate
+weight, counted from the encoder's latents of the training fields (``--table-fields N``: of N
+evenly spaced ones), see :func:`coinpp_pipeline.grid_model.fit_table_sets`::
+
+    python benchmarks/grid_train.py --dataset era5:t2m --from-model <sha>.coinpp --table-sets 0.1 0.3 1 3 10 30 100
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> str:
             ap.error(f"--from-model {args.from_model} is not a grid model")
         model = base.with_encoding(**encoding)
         if args.table_sets:
-            model = _table_sets(model, args)
+            model = _table_sets(model, _train_fields(args.dataset), args)
         return _save(model, args.out)
 
     train = _train_fields(args.dataset)
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> str:
         f"  step {r['step']:5d}  mse {r['mse']:.4f}  bpv {r['bpv']:.4f}  {r['time_s']:.0f}s", flush=True))
     print(f"trained in {time.perf_counter() - t:.0f} s")
     if args.table_sets:
-        model = _table_sets(model, args)
+        model = _table_sets(model, train, args)
     return _save(model, args.out)
 
 
@@ -96,8 +102,7 @@ def _train_fields(dataset: str) -> np.ndarray:
     return ds.train.reshape(-1, *ds.train.shape[-2:])
 
 
-def _table_sets(model: GridModel, args: argparse.Namespace) -> GridModel:
-    train = _train_fields(args.dataset)
+def _table_sets(model: GridModel, train: np.ndarray, args: argparse.Namespace) -> GridModel:
     if args.table_fields is not None and args.table_fields < train.shape[0]:
         train = train[np.linspace(0, train.shape[0] - 1, args.table_fields).round().astype(int)]
     print(f"entropy tables per rate weight {args.table_sets} from {train.shape[0]} encoded training fields", flush=True)

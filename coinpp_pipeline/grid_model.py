@@ -249,6 +249,13 @@ class GridModel(Model):
                     sched.step()
         return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs]
 
+    def fit_fields(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float) -> list[np.ndarray]:
+        """:meth:`fit_grids` for any number of fields ``(B, H, W)``, in batches of at most
+        :data:`ENCODE_POINTS` points (:func:`encode_batches`) -> ``L`` grids ``(B, h_l, w_l)``."""
+        hw = (normed.shape[1], normed.shape[2])
+        parts = [self.fit_grids(normed[b], valid[b], steps, rate_weight) for b in encode_batches(normed.shape[0], hw)]
+        return [np.concatenate([p[lv] for p in parts]) for lv in range(self.config.levels)]
+
     def synthesize_grids(self, grids: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
         """``L`` int grids ``(B, h_l, w_l)`` -> fields ``(B, H, W)`` in original units (float64)."""
         with torch.inference_mode():
@@ -292,11 +299,7 @@ class GridModel(Model):
         if vals.size == 0 or vals.min() == vals.max():
             sections["K"] = struct.pack("<d", float(vals.flat[0]) if vals.size else 0.0)
         else:
-            normed = self._normalise(x)
-            parts = [
-                self.fit_grids(normed[b], finite[b], n_steps, lam) for b in encode_batches(x.shape[0], hw)
-            ]
-            grids = [np.concatenate([p[lv] for p in parts]) for lv in range(self.config.levels)]
+            grids = self.fit_fields(self._normalise(x), finite, n_steps, lam)
             per_item = [[g[i] for g in grids] for i in range(x.shape[0])]
             sections["G"] = self.compress_grids(per_item)
             if max_abs_error is not None:
@@ -446,7 +449,7 @@ def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[fl
         raise ValueError(f"rate weights must be finite numbers >= 0, got {list(rate_weights)}")
     x = np.asarray(data, np.float64)
     x = x.reshape(-1, *x.shape[-2:])
-    hw = model._shape(x.shape)
+    model._shape(x.shape)  # raises on fields the model cannot encode
     valid = np.isfinite(x)
     keep = [i for i in range(x.shape[0]) if valid[i].any()]
     if not keep:
@@ -458,8 +461,7 @@ def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[fl
     sets = []
     t0 = time.perf_counter()
     for lam in lams:
-        parts = [model.fit_grids(normed[b], valid[b], n_steps, lam) for b in encode_batches(x.shape[0], hw)]
-        grids = [np.concatenate([p[lv] for p in parts]) for lv in range(model.config.levels)]
+        grids = model.fit_fields(normed, valid, n_steps, lam)
         sets.append(GridEntropyModel.fit([[g[i] for g in grids] for i in range(x.shape[0])], k, model.config.contexts))
         if log is not None:
             log({"rate_weight": lam, "fields": x.shape[0], "time_s": time.perf_counter() - t0})
