@@ -155,11 +155,11 @@ class GridModel(Model):
                                  f"{config.contexts!r} contexts and {config.levels} levels")
         sets = tensors.get("entropy.counts_sets")
         table_sets = [GridEntropyModel(c) for c in sets.numpy()] if sets is not None else []
-        if any(t.counts.shape != tables.counts.shape for t in table_sets) or (table_sets and tables.scheme != "causal"):
-            raise BitstreamError(f"model file's extra entropy tables {tuple(sets.shape)} do not fit its "  # type: ignore[union-attr]
-                                 f"pooled tables {tables.counts.shape}")
-        model = cls(config, net, tensors["norm.mean"].numpy(), float(tensors["norm.std"].reshape(-1)[0]),
-                    tables, desc.get("report"), table_sets)
+        try:
+            model = cls(config, net, tensors["norm.mean"].numpy(), float(tensors["norm.std"].reshape(-1)[0]),
+                        tables, desc.get("report"), table_sets)
+        except ValueError as exc:  # extra table sets that do not fit the pooled tables
+            raise BitstreamError(f"model file's entropy table sets: {exc}") from exc
         model._bytes = bytes(data)
         return model
 

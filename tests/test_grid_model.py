@@ -463,6 +463,11 @@ def test_fit_table_sets_from_the_encoders_training_latents(gmodel: GridModel, tr
             m.decode(pack(dataclasses.replace(chunk, sections={**chunk.sections, "G": bad})))
     with pytest.raises(ValueError, match="rate weights"):
         fit_table_sets(gmodel, train_data[:2], [-1.0])
+    # a model file whose sets do not fit its pooled tables is refused on load
+    bad = GridModel(m.config, m.network, m.mean, float(m.std[0]), m.tables, None, m.table_sets)
+    bad.table_sets = (GridEntropyModel(m.tables.counts[:2]),)
+    with pytest.raises(BitstreamError, match="table sets.*differ in shape"):
+        Model.from_bytes(bad.to_bytes())
     rowcfg = dataclasses.replace(gmodel.config, contexts="row")
     rows = GridEntropyModel(np.ones((4, 8, 5, 25), np.int64))
     with pytest.raises(ValueError, match="causal"):
