@@ -373,7 +373,9 @@ class GridEntropyModel:
         p = (n + BACKOFF * p_base) / (n.sum(-1, keepdims=True) + BACKOFF)
         return cls(np.maximum(1, np.round(p * 2.0**24)).astype(np.int64))
 
+    @functools.cached_property
     def _probs(self) -> np.ndarray:
+        """``counts`` normalised per context (float64), built once per table."""
         c = self.counts.astype(np.float64)
         return c / c.sum(axis=-1, keepdims=True)
 
@@ -387,7 +389,7 @@ class GridEntropyModel:
         self.check(items)
         enc = constriction.stream.queue.RangeEncoder()
         if self.scheme == "row":
-            k, probs, scheme = self.max_symbol, self._probs(), self.scheme
+            k, probs, scheme = self.max_symbol, self._probs, self.scheme
             model = constriction.stream.model.Categorical(perfect=False)
             bits = [[bool(z.any()) for z in grids] for grids in items]
             flags = bytearray()
@@ -413,7 +415,7 @@ class GridEntropyModel:
     def encode_to(self, enc: Any, items: Sequence[Sequence[np.ndarray]]) -> None:
         """Append ``items`` (checked with :meth:`check`) to a constriction range encoder,
         ``causal`` scheme: level-presence bits, then the levels' diagonals."""
-        k, probs, scheme = self.max_symbol, self._probs(), self.scheme
+        k, probs, scheme = self.max_symbol, self._probs, self.scheme
         model = constriction.stream.model.Categorical(perfect=False)
         bits = [[bool(z.any()) for z in grids] for grids in items]
         presence = _Presence(self.levels)
@@ -435,19 +437,20 @@ class GridEntropyModel:
         """Inverse of :meth:`compress` for ``n_items`` items of level ``shapes``."""
         if len(shapes) != self.levels:
             raise BitstreamError(f"expected {self.levels} level shapes, got {len(shapes)}")
-        k, probs, scheme = self.max_symbol, self._probs(), self.scheme
+        scheme = self.scheme
         n_flags = n_items if scheme == "row" else 0
         if len(payload) < n_flags or (len(payload) - n_flags) % 4:
             raise BitstreamError("latent-grid section has an invalid length")
         flags = payload[:n_flags]
         if any(f >> self.levels for f in flags):
             raise BitstreamError("latent-grid section names levels the model does not have")
-        model = constriction.stream.model.Categorical(perfect=False)
         words = np.frombuffer(payload[n_flags:], "<u4").astype(np.uint32)
-        out = [[np.zeros(s, np.int64) for s in shapes] for _ in range(n_items)]
         try:
             dec = constriction.stream.queue.RangeDecoder(words)
             if scheme == "row":
+                k, probs = self.max_symbol, self._probs
+                model = constriction.stream.model.Categorical(perfect=False)
+                out = [[np.zeros(s, np.int64) for s in shapes] for _ in range(n_items)]
                 for grids, present in zip(out, flags, strict=True):
                     for lv in reversed(range(self.levels)):
                         if present >> lv & 1:
@@ -462,7 +465,7 @@ class GridEntropyModel:
     def decode_from(self, dec: Any, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
         """Read ``n_items`` items of level ``shapes`` (``causal`` scheme, :meth:`encode_to`)
         from a constriction range decoder."""
-        k, probs = self.max_symbol, self._probs()
+        k, probs = self.max_symbol, self._probs
         model = constriction.stream.model.Categorical(perfect=False)
         out = [[np.zeros(s, np.int64) for s in shapes] for _ in range(n_items)]
         presence = _Presence(self.levels)
