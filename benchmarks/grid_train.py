@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3, help="synthesis network learning rate")
+    ap.add_argument("--latent-lr", type=float, default=3e-2, help="training latents' learning rate")
     ap.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64])
     ap.add_argument("--rate-weights", type=float, nargs="+", default=[0.3, 1, 3, 10, 30])
     ap.add_argument("--contexts", choices=["causal", "row"], default="causal")
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> str:
                         refine_channels=args.refine_channels, contexts=args.contexts,
                         **{k: v for k, v in encoding.items() if v is not None})
     tc = GridTrainConfig(steps=args.steps, batch=args.batch, rate_weights=tuple(args.rate_weights),
+                         lr=args.lr, latent_lr=args.latent_lr,
                          seed=args.seed, device=args.device,
                          ste_fraction=args.ste_fraction, sga_fraction=args.sga_fraction, log_every=max(args.steps // 10, 1))
     print(f"{args.dataset}: {train.shape[0]} training fields {train.shape[1:]}, climatology={clim}, "
