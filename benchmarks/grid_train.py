@@ -19,6 +19,11 @@ weight, counted from the encoder's latents of the training fields (``--table-fie
 evenly spaced ones), see :func:`coinpp_pipeline.grid_model.fit_table_sets`::
 
     python benchmarks/grid_train.py --dataset era5:t2m --from-model <sha>.coinpp --table-sets 0.1 0.3 1 3 10 30 100
+
+``--analysis-steps N`` (after training, or with ``--from-model``; before any table sets) adds an
+analysis network whose guess is the encoder's starting point, see
+:func:`coinpp_pipeline.grid_model.fit_analysis`; ``encode(..., steps=0)`` then encodes with the
+guess alone.
 """
 
 from __future__ import annotations
@@ -35,7 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datasets import load  # noqa: E402
 
-from coinpp_pipeline.grid_model import GridModel, GridTrainConfig, fit_table_sets, train_grid_model  # noqa: E402
+from coinpp_pipeline.grid_model import (  # noqa: E402
+    GridModel,
+    GridTrainConfig,
+    fit_analysis,
+    fit_table_sets,
+    train_grid_model,
+)
 from coinpp_pipeline.latent_grid import GridConfig  # noqa: E402
 
 
@@ -62,6 +73,11 @@ def main(argv: list[str] | None = None) -> str:
                          "from the encoder's latents of the training fields at each of these rate weights")
     ap.add_argument("--table-fields", type=int, default=None,
                     help="with --table-sets: encode at most this many training fields (evenly spaced)")
+    ap.add_argument("--analysis-steps", type=int, default=0,
+                    help="after training (or on --from-model): fit an analysis network (the encoder's "
+                         "starting guess; encode with steps=0 to use the guess alone) for this many steps")
+    ap.add_argument("--analysis-channels", type=int, default=16)
+    ap.add_argument("--analysis-batch", type=int, default=16)
     ap.add_argument("--from-model", default=None,
                     help="no training: copy this grid model with the encoding defaults given")
     ap.add_argument("--climatology", choices=["auto", "yes", "no"], default="auto")
@@ -76,6 +92,8 @@ def main(argv: list[str] | None = None) -> str:
         if not isinstance(base, GridModel):
             ap.error(f"--from-model {args.from_model} is not a grid model")
         model = base.with_encoding(**encoding)
+        if args.analysis_steps:
+            model = _analysis(model, _train_fields(args.dataset), args)
         if args.table_sets:
             model = _table_sets(model, _train_fields(args.dataset), args)
         return _save(model, args.out)
@@ -95,6 +113,8 @@ def main(argv: list[str] | None = None) -> str:
     model = train_grid_model(train, config, tc, log=lambda r: print(
         f"  step {r['step']:5d}  mse {r['mse']:.4f}  bpv {r['bpv']:.4f}  {r['time_s']:.0f}s", flush=True))
     print(f"trained in {time.perf_counter() - t:.0f} s")
+    if args.analysis_steps:
+        model = _analysis(model, train, args)
     if args.table_sets:
         model = _table_sets(model, train, args)
     return _save(model, args.out)
@@ -111,6 +131,13 @@ def _table_sets(model: GridModel, train: np.ndarray, args: argparse.Namespace) -
     print(f"entropy tables per rate weight {args.table_sets} from {train.shape[0]} encoded training fields", flush=True)
     return fit_table_sets(model, train, args.table_sets, log=lambda r: print(
         f"  rate weight {r['rate_weight']:g}: {r['time_s']:.0f}s", flush=True))
+
+
+def _analysis(model: GridModel, train: np.ndarray, args: argparse.Namespace) -> GridModel:
+    print(f"analysis network ({args.analysis_channels} channels) from {train.shape[0]} training fields", flush=True)
+    return fit_analysis(model, train, channels=args.analysis_channels, steps=args.analysis_steps,
+                        batch=args.analysis_batch, seed=args.seed, log=lambda r: print(
+                            f"  step {r['step']:5d}  mse {r['mse']:.4f}  bpv {r['bpv']:.4f}  {r['time_s']:.0f}s", flush=True))
 
 
 def _save(model: GridModel, out: str) -> str:

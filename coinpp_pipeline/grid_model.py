@@ -216,17 +216,17 @@ class GridModel(Model):
         Adam on ``MSE + rate_weight * bits``: the first ``config.encode_noise_fraction`` of
         the steps (at least one) with additive uniform noise standing in for rounding, the
         rest with stochastic Gumbel annealing (:func:`soft_round_sga`), so the latents
-        settle on integers the decoder will see; finally rounded. Deterministic (seeded)
-        for a given machine and input."""
+        settle on integers the decoder will see; finally rounded. The steps start from
+        :meth:`initial_latents` (zeros, or the analysis network's guess — with ``steps=0``
+        that guess, rounded, is the result). Deterministic (seeded) for a given machine and input."""
         shape = (normed.shape[1], normed.shape[2])
-        shapes = self.config.level_shapes(shape)
         k = self.config.max_symbol
         x = torch.from_numpy(np.where(valid, normed, 0.0).astype(np.float32)).to(self.device)
         m = torch.from_numpy(valid.astype(np.float32)).to(self.device)
         count = m.flatten(1).sum(1).clamp_min(1.0)
         gen = torch.Generator(device=self.device).manual_seed(0)
-        zs = [torch.zeros((x.shape[0], *s), device=self.device, requires_grad=True) for s in shapes]
         clim = self._climatology()
+        zs = [t.requires_grad_(True) for t in self.initial_latents(x, rate_weight)]
         if steps > 0:
             opt = torch.optim.Adam(zs, lr=self.config.encode_lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -248,6 +248,18 @@ class GridModel(Model):
                     opt.step()
                     sched.step()
         return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs]
+
+    def initial_latents(self, x: torch.Tensor, rate_weight: float) -> list[torch.Tensor]:
+        """The encoder's starting latents for normalised fields ``x (B, H, W)`` (0 at missing
+        points): the analysis network's guess if the model has one, else zeros."""
+        shape = (x.shape[1], x.shape[2])
+        net: GridSynthesis = self.network  # type: ignore[assignment]
+        analysis = net.analysis
+        if analysis is None:
+            return [torch.zeros((x.shape[0], *s), device=self.device) for s in self.config.level_shapes(shape)]
+        with torch.no_grad():
+            lam = torch.full((x.shape[0],), float(rate_weight), device=self.device)
+            return [g.detach().clone() for g in analysis(x, self._climatology(), lam)]
 
     def fit_fields(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float) -> list[np.ndarray]:
         """:meth:`fit_grids` for any number of fields ``(B, H, W)``, in batches of at most
@@ -435,6 +447,70 @@ def train_grid_model(
               "history": history, "train_seconds": time.perf_counter() - t0}
     return GridModel(config, net.cpu(), mean32, std, entropy, report)
 
+
+def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, steps: int = 1500, batch: int = 16,
+                 rate_weights: tuple[float, float] = (0.03, 30.0), lr: float = 2e-3, seed: int = 0,
+                 log: Any = None) -> GridModel:
+    """A copy of ``model`` with an analysis network (:class:`GridAnalysis`, ``channels`` wide)
+    fitted on training fields ``data (N, H, W)``: the guess for a field at rate weight lambda
+    (log-uniform in ``rate_weights``) goes through the model's frozen synthesis and rate
+    proxy with uniform noise for rounding, minimising MSE + lambda * bits per value, as the
+    encoder does. The encoder then starts from the guess; ``steps=0`` encodes with the guess
+    alone (one forward pass instead of hundreds of gradient steps). Synthesis, entropy tables
+    and so decoding are unchanged; the copy has its own model id."""
+    lo, hi = (float(v) for v in rate_weights)
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise ValueError(f"rate_weights must be a range 0 < lo <= hi, got {rate_weights}")
+    if channels < 1 or steps < 1 or batch < 1:
+        raise ValueError("channels, steps and batch must be >= 1")
+    x = np.asarray(data, np.float64)
+    x = x.reshape(-1, *x.shape[-2:])
+    model._shape(x.shape)  # raises on fields the model cannot encode
+    valid = np.isfinite(x)
+    keep = [i for i in range(x.shape[0]) if valid[i].any()]
+    if not keep:
+        raise ValueError("training data holds no finite values")
+    x, valid = x[keep], valid[keep]
+    config = dataclasses.replace(model.config, analysis_channels=int(channels))
+    torch.manual_seed(seed)
+    net = GridSynthesis(config)
+    missing, unexpected = net.load_state_dict(model.network.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("analysis.") for k in missing):
+        raise ValueError(f"synthesis weights do not fit: missing {missing}, unexpected {unexpected}")
+    for name, p in net.named_parameters():
+        p.requires_grad_(name.startswith("analysis."))
+    analysis = net.analysis
+    assert analysis is not None
+    xt = torch.from_numpy(np.where(valid, model._normalise(x), 0.0).astype(np.float32))
+    mt = torch.from_numpy(valid.astype(np.float32))
+    hw = (x.shape[1], x.shape[2])
+    clim = climatology_input(model.mean, torch.device("cpu")) if config.climatology else None
+    opt = torch.optim.Adam(analysis.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    net.train()
+    for step in range(steps):
+        bi = torch.randint(0, xt.shape[0], (min(batch, xt.shape[0]),), generator=gen)
+        lam = lo * (hi / lo) ** torch.rand(len(bi), generator=gen)
+        zs = analysis(xt[bi], clim, lam)
+        noisy = [z + torch.rand(z.shape, generator=gen) - 0.5 for z in zs]
+        rec = net(noisy, clim, hw)
+        mse = (((rec - xt[bi]) ** 2) * mt[bi]).flatten(1).sum(1) / mt[bi].flatten(1).sum(1).clamp_min(1.0)
+        bpv = net.rate_bits(noisy, [torch.round(z).detach() for z in zs]) / (hw[0] * hw[1])
+        loss = (mse + lam * bpv).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log is not None and (step % max(steps // 10, 1) == 0 or step == steps - 1):
+            log({"step": step, "mse": float(mse.detach().mean()), "bpv": float(bpv.detach().mean()),
+                 "time_s": time.perf_counter() - t0})
+    net.requires_grad_(True)
+    report = dict(model.report) | {"analysis": {
+        "channels": int(channels), "steps": int(steps), "batch": int(batch), "rate_weights": [lo, hi],
+        "lr": float(lr), "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}}
+    return GridModel(config, net, model.mean, float(model.std[0]), model.tables, report, model.table_sets)
 
 def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[float],
                    steps: int | None = None, log: Any = None) -> GridModel:

@@ -78,6 +78,10 @@ class GridConfig:
     * ``contexts``: the entropy-context scheme (``"causal"``: coarse, row-above, left
       neighbour and sign above; ``"row"``: coarse and row-above only, the format of model
       files that do not name a scheme).
+    * ``analysis_channels``: 0 = the encoder starts from zero latents; ``C > 0``: the model
+      holds an analysis network (:class:`GridAnalysis`, ``C`` channels per level, fitted by
+      ``grid_model.fit_analysis``) whose guess is the encoder's starting point — with
+      ``steps=0`` the guess itself is the encoding (no gradient steps). Decoding is the same.
     """
 
     factors: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
@@ -93,13 +97,14 @@ class GridConfig:
     encode_lr: float = 0.03
     contexts: Scheme = "causal"
     encode_noise_fraction: float = 0.5
+    analysis_channels: int = 0
 
     def __post_init__(self) -> None:
         f = self.factors
         if not 1 <= len(f) <= MAX_LEVELS or f[0] < 1 or any(b != 2 * a for a, b in zip(f, f[1:], strict=False)):
             raise ValueError(f"factors must be 1..{MAX_LEVELS} doubling integers, got {f}")
-        if self.hidden < 1 or self.max_symbol < 1 or self.encode_steps < 0 or self.refine_channels < 0:
-            raise ValueError("hidden, max_symbol must be >= 1; encode_steps, refine_channels >= 0")
+        if self.hidden < 1 or self.max_symbol < 1 or min(self.encode_steps, self.refine_channels, self.analysis_channels) < 0:
+            raise ValueError("hidden, max_symbol must be >= 1; encode_steps, refine_channels, analysis_channels >= 0")
         if self.refine_channels and not self.conv:
             raise ValueError("refine_channels needs conv=True")
         if self.contexts not in CONTEXT_SHAPE:
@@ -142,7 +147,8 @@ class GridConfig:
 
 
 #: Config fields newer than the first grid model files, and the value a file without them means.
-_IMPLIED: dict[str, Any] = {"refine_channels": 0, "contexts": "row", "encode_noise_fraction": 0.5}
+_IMPLIED: dict[str, Any] = {"refine_channels": 0, "contexts": "row", "encode_noise_fraction": 0.5,
+                            "analysis_channels": 0}
 
 
 # ------------------------------------------------------------------------------ contexts
@@ -242,6 +248,44 @@ def upsample_matrices(src: Sequence[int], dst: tuple[int, int], mode: str,
     return (_interp_matrix(int(src[0]), dst[0], mode, device), _interp_matrix(int(src[1]), dst[1], mode, device))
 
 
+class GridAnalysis(nn.Module):
+    """Field -> a guess of its latent grids (the encoder's starting point). Per level,
+    coarsest first: three 3x3 convolutions (``analysis_channels`` wide, GELU) of the
+    normalised field average-pooled to the level's shape, the standardised climatology pooled
+    the same way (climatology models), ``log10(rate_weight)`` and the coarser level's guess
+    (bilinearly upsampled)."""
+
+    def __init__(self, config: GridConfig) -> None:
+        super().__init__()
+        c = config.analysis_channels
+        n_in = 3 + (1 if config.climatology else 0)
+        self.levels = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(n_in, c, 3, padding=1), nn.GELU(), nn.Conv2d(c, c, 3, padding=1), nn.GELU(),
+                          nn.Conv2d(c, 1, 3, padding=1))
+            for _ in config.factors
+        )
+        self.config = config
+
+    def forward(self, x: torch.Tensor, clim: torch.Tensor | None, rate_weight: torch.Tensor) -> list[torch.Tensor]:
+        """``x (B, H, W)`` normalised (0 at missing points), ``clim (1, 1, H, W)`` or None,
+        ``rate_weight (B,)`` (> 0) -> float guesses ``(B, h_l, w_l)``, finest level first."""
+        shapes = self.config.level_shapes((x.shape[1], x.shape[2]))
+        log_lam = torch.log10(rate_weight.clamp_min(1e-6))[:, None, None, None]
+        guesses: list[torch.Tensor] = []
+        prev: torch.Tensor | None = None
+        for lv in reversed(range(len(shapes))):
+            s = shapes[lv]
+            pooled = F.adaptive_avg_pool2d(x[:, None], s)
+            feats = [pooled, log_lam.expand(-1, 1, *s)]
+            if clim is not None:
+                feats.append(F.adaptive_avg_pool2d(clim, s).expand(x.shape[0], -1, -1, -1))
+            feats.append(torch.zeros_like(pooled) if prev is None else
+                         F.interpolate(prev[:, None], size=s, mode="bilinear", align_corners=False))
+            prev = self.levels[lv](torch.cat(feats, 1))[:, 0]
+            guesses.append(prev)
+        return guesses[::-1]
+
+
 class GridSynthesis(nn.Module):
     """Latent grids -> field. Parameters: per-level input gains, the MLP, the optional 3x3
     refinement and the rate proxy's Laplace scales ``log_scale (L, *CONTEXT_SHAPE)`` (and,
@@ -267,6 +311,8 @@ class GridSynthesis(nn.Module):
         ctx = CONTEXT_SHAPE[config.contexts]
         self.log_scale = nn.Parameter(torch.zeros(config.levels, *ctx))
         self.loc = nn.Parameter(torch.zeros(config.levels, *ctx)) if config.contexts == "causal" else None
+        #: The encoder's initial guess (``config.analysis_channels > 0``); not used to decode.
+        self.analysis = GridAnalysis(config) if config.analysis_channels else None
 
     def forward(self, latents: Sequence[torch.Tensor], clim: torch.Tensor | None,
                 shape: tuple[int, int]) -> torch.Tensor:

@@ -19,7 +19,13 @@ from coinpp_pipeline import Model
 from coinpp_pipeline.bitstream import pack, unpack
 from coinpp_pipeline.codec import COINppCodec
 from coinpp_pipeline.errors import BitstreamError, ModelMismatchError
-from coinpp_pipeline.grid_model import GridModel, GridTrainConfig, fit_table_sets, train_grid_model
+from coinpp_pipeline.grid_model import (
+    GridModel,
+    GridTrainConfig,
+    fit_analysis,
+    fit_table_sets,
+    train_grid_model,
+)
 from coinpp_pipeline.latent_grid import (
     GridConfig,
     GridEntropyModel,
@@ -472,3 +478,29 @@ def test_fit_table_sets_from_the_encoders_training_latents(gmodel: GridModel, tr
     rows = GridEntropyModel(np.ones((4, 8, 5, 25), np.int64))
     with pytest.raises(ValueError, match="causal"):
         GridModel(rowcfg, type(gmodel.network)(rowcfg), gmodel.mean, 1.0, rows, None, [rows])
+
+
+def test_analysis_network_guess_encodes_without_gradient_steps(gmodel: GridModel, train_data: np.ndarray,
+                                                               held_out: np.ndarray) -> None:
+    m = fit_analysis(gmodel, train_data, channels=8, steps=150, batch=12)
+    assert m.config.analysis_channels == 8 and m.sha256 != gmodel.sha256
+    assert m.report["analysis"]["fields"] == train_data.shape[0]
+    assert "analysis_channels" not in gmodel.config.to_dict()  # files without it read as before
+    re = Model.from_bytes(m.to_bytes(), sha256=m.sha256)
+    assert isinstance(re, GridModel) and re.network.analysis is not None and re.to_bytes() == m.to_bytes()
+    # the decoder is unchanged: the analysis model's chunks decode like the plain model's latents
+    for name, p in gmodel.network.state_dict().items():
+        assert torch.equal(p, m.network.state_dict()[name])
+    # steps=0: the guess alone, one forward pass; far better than zero latents (the climatology)
+    blob = m.encode(held_out, steps=0, rate_weight=1.0)
+    assert re.encode(held_out, steps=0, rate_weight=1.0) == blob
+    guess = psnr(held_out, re.decode(blob))
+    zeros = psnr(held_out, gmodel.decode(gmodel.encode(held_out, steps=0, rate_weight=1.0)))
+    assert guess > zeros + 2.5, (guess, zeros)
+    # gradient steps start from the guess (20 steps from zeros do not yet leave zero here)
+    refined = psnr(held_out, m.decode(m.encode(held_out, steps=20, rate_weight=1.0)))
+    assert refined > guess, (refined, guess)
+    with pytest.raises(ValueError, match="rate_weights"):
+        fit_analysis(gmodel, train_data, rate_weights=(0.0, 1.0))
+    with pytest.raises(ValueError, match="analysis_channels"):
+        GridConfig(analysis_channels=-1)
