@@ -54,8 +54,8 @@ for s in a.settings:
     ratio = d.raw_bytes / sum(map(len, blobs))
     sp, sa = interp(series.get("SPERR bpp", []), ratio), interp(series.get("SPERR bpp anomaly", []), ratio)
     f = lambda v: "-" if v is None else f"{psnr - v:+.2f}"  # noqa: E731
-    print(f"lam {lam} steps {steps or m.config.encode_steps}: ratio {ratio:.1f} psnr {psnr:.2f}  "
-          f"vs SPERR {f(sp)}  vs SPERR-anom {f(sa)}  encode {te:.0f}s", flush=True)
+    print(f"lam {lam} steps {m.config.encode_steps if steps is None else steps}: ratio {ratio:.1f} psnr {psnr:.2f}  "
+          f"vs SPERR {f(sp)}  vs SPERR-anom {f(sa)}  encode {te:.1f}s ({d.raw_bytes / te / 1e6:.3f} MB/s)", flush=True)
     if getattr(m, "table_sets", ()):  # same chunks coded with the pooled tables only
         from coinpp_pipeline.bitstream import unpack  # noqa: E402
         pooled, used = 0, []
