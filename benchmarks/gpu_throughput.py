@@ -5,7 +5,8 @@
 
 Two model kinds: the patch model (meta-training steps/s at each ``--batch``, encode at 3 and
 25 inner steps, decode) and the latent-grid model (training steps/s on whole 181x360
-fields, encode at ``--grid-encode-steps`` Adam steps, decode).
+fields, encode at ``--grid-encode-steps`` Adam steps, decode; then fitting an analysis network
+and encoding with its guess alone, ``steps=0``).
 
 Sized to finish in well under 5 minutes on one GPU: a short timed meta-training run on the
 ERA5 sample (first 5 days), then encode/decode of the 7 held-out fields, repeated, after a
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from coinpp_pipeline import ModelConfig, TrainConfig, meta_train
-from coinpp_pipeline.grid_model import GridTrainConfig, train_grid_model
+from coinpp_pipeline.grid_model import GridTrainConfig, fit_analysis, train_grid_model
 from coinpp_pipeline.latent_grid import GridConfig
 from coinpp_pipeline.metalearning import pick_device
 from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--grid-steps", type=int, default=300, help="grid-model training steps timed")
     ap.add_argument("--grid-batch", type=int, default=6)
     ap.add_argument("--grid-encode-steps", type=int, default=200)
+    ap.add_argument("--grid-analysis-steps", type=int, default=100,
+                    help="analysis-network fitting steps timed (then encode with its guess alone, steps=0)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
@@ -107,6 +110,19 @@ def main(argv: list[str] | None = None) -> dict:
     _sync(device)
     rows.append({"what": "grid model: decode", "value": mb * args.repeats / (time.perf_counter() - t),
                  "unit": "MB/s"})
+    if args.grid_analysis_steps:
+        _sync(device)
+        t = time.perf_counter()
+        amodel = fit_analysis(gmodel, train, steps=args.grid_analysis_steps, batch=4)
+        _sync(device)
+        rows.append({"what": "grid model: fit analysis network, batch 4 fields", "unit": "steps/s",
+                     "value": args.grid_analysis_steps / (time.perf_counter() - t)})
+        amodel.encode(test[:1], steps=0)  # warm-up
+        t = time.perf_counter()
+        amodel.encode(test, steps=0)
+        _sync(device)
+        rows.append({"what": "grid model: encode, analysis guess alone (steps=0)", "unit": "MB/s",
+                     "value": mb / (time.perf_counter() - t)})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; model {args.depth}x{args.width}, 16x16 patches, t2m (7, 181, 360) held-out")
     for r in rows:

@@ -457,7 +457,7 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
     proxy with uniform noise for rounding, minimising MSE + lambda * bits per value, as the
     encoder does. The encoder then starts from the guess; ``steps=0`` encodes with the guess
     alone (one forward pass instead of hundreds of gradient steps). Synthesis, entropy tables
-    and so decoding are unchanged; the copy has its own model id."""
+    and so decoding are unchanged; the copy has its own model id. Runs on the model's device."""
     lo, hi = (float(v) for v in rate_weights)
     if not (0 < lo <= hi and math.isfinite(hi)):
         raise ValueError(f"rate_weights must be a range 0 < lo <= hi, got {rate_weights}")
@@ -473,28 +473,30 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
     x, valid = x[keep], valid[keep]
     config = dataclasses.replace(model.config, analysis_channels=int(channels))
     torch.manual_seed(seed)
+    device = model.device
     net = GridSynthesis(config)
     missing, unexpected = net.load_state_dict(model.network.state_dict(), strict=False)
     if unexpected or any(not k.startswith("analysis.") for k in missing):
         raise ValueError(f"synthesis weights do not fit: missing {missing}, unexpected {unexpected}")
+    net.to(device)
     for name, p in net.named_parameters():
         p.requires_grad_(name.startswith("analysis."))
     analysis = net.analysis
     assert analysis is not None
-    xt = torch.from_numpy(np.where(valid, model._normalise(x), 0.0).astype(np.float32))
-    mt = torch.from_numpy(valid.astype(np.float32))
+    xt = torch.from_numpy(np.where(valid, model._normalise(x), 0.0).astype(np.float32)).to(device)
+    mt = torch.from_numpy(valid.astype(np.float32)).to(device)
     hw = (x.shape[1], x.shape[2])
-    clim = climatology_input(model.mean, torch.device("cpu")) if config.climatology else None
+    clim = climatology_input(model.mean, device) if config.climatology else None
     opt = torch.optim.Adam(analysis.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     net.train()
     for step in range(steps):
-        bi = torch.randint(0, xt.shape[0], (min(batch, xt.shape[0]),), generator=gen)
-        lam = lo * (hi / lo) ** torch.rand(len(bi), generator=gen)
+        bi = torch.randint(0, xt.shape[0], (min(batch, xt.shape[0]),), generator=gen).to(device)
+        lam = (lo * (hi / lo) ** torch.rand(len(bi), generator=gen)).to(device)
         zs = analysis(xt[bi], clim, lam)
-        noisy = [z + torch.rand(z.shape, generator=gen) - 0.5 for z in zs]
+        noisy = [z + torch.rand(z.shape, generator=gen).to(device) - 0.5 for z in zs]
         rec = net(noisy, clim, hw)
         mse = (((rec - xt[bi]) ** 2) * mt[bi]).flatten(1).sum(1) / mt[bi].flatten(1).sum(1).clamp_min(1.0)
         bpv = net.rate_bits(noisy, [torch.round(z).detach() for z in zs]) / (hw[0] * hw[1])
@@ -510,7 +512,9 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
     report = dict(model.report) | {"analysis": {
         "channels": int(channels), "steps": int(steps), "batch": int(batch), "rate_weights": [lo, hi],
         "lr": float(lr), "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}}
-    return GridModel(config, net, model.mean, float(model.std[0]), model.tables, report, model.table_sets)
+    return GridModel(config, net.cpu(), model.mean, float(model.std[0]), model.tables, report,
+                     model.table_sets).to(device)
+
 
 def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[float],
                    steps: int | None = None, log: Any = None) -> GridModel:
