@@ -217,8 +217,8 @@ class GridModel(Model):
         the steps (at least one) with additive uniform noise standing in for rounding, the
         rest with stochastic Gumbel annealing (:func:`soft_round_sga`), so the latents
         settle on integers the decoder will see; finally rounded. The steps start from
-        :meth:`initial_latents` (zeros, or the analysis network's guess — with ``steps=0``
-        that guess, rounded, is the result). Deterministic (seeded) for a given machine and input."""
+        :meth:`initial_latents` (zeros, or below the default step count the analysis
+        network's guess — with ``steps=0`` that guess, rounded, is the result). Deterministic (seeded) for a given machine and input."""
         shape = (normed.shape[1], normed.shape[2])
         k = self.config.max_symbol
         x = torch.from_numpy(np.where(valid, normed, 0.0).astype(np.float32)).to(self.device)
@@ -226,7 +226,7 @@ class GridModel(Model):
         count = m.flatten(1).sum(1).clamp_min(1.0)
         gen = torch.Generator(device=self.device).manual_seed(0)
         clim = self._climatology()
-        zs = [t.requires_grad_(True) for t in self.initial_latents(x, rate_weight)]
+        zs = [t.requires_grad_(True) for t in self.initial_latents(x, rate_weight, steps)]
         if steps > 0:
             opt = torch.optim.Adam(zs, lr=self.config.encode_lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -249,13 +249,17 @@ class GridModel(Model):
                     sched.step()
         return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs]
 
-    def initial_latents(self, x: torch.Tensor, rate_weight: float) -> list[torch.Tensor]:
+    def initial_latents(self, x: torch.Tensor, rate_weight: float, steps: int) -> list[torch.Tensor]:
         """The encoder's starting latents for normalised fields ``x (B, H, W)`` (0 at missing
-        points): the analysis network's guess if the model has one, else zeros."""
+        points) before ``steps`` gradient steps: the analysis network's guess if the model has
+        one and ``steps`` is below the model's ``encode_steps`` (the fast modes), else zeros.
+        From zeros the steps keep the latents sparser; at the default step count that codes
+        better (MRI: 359.2x 28.02 dB from zeros, 300.0x 28.00 dB from the guess, 200 steps,
+        lambda 1), while a few steps from zeros barely leave zero."""
         shape = (x.shape[1], x.shape[2])
         net: GridSynthesis = self.network  # type: ignore[assignment]
         analysis = net.analysis
-        if analysis is None:
+        if analysis is None or steps >= self.config.encode_steps:
             return [torch.zeros((x.shape[0], *s), device=self.device) for s in self.config.level_shapes(shape)]
         with torch.no_grad():
             lam = torch.full((x.shape[0],), float(rate_weight), device=self.device)

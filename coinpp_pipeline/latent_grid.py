@@ -80,8 +80,10 @@ class GridConfig:
       files that do not name a scheme).
     * ``analysis_channels``: 0 = the encoder starts from zero latents; ``C > 0``: the model
       holds an analysis network (:class:`GridAnalysis`, ``C`` channels per level, fitted by
-      ``grid_model.fit_analysis``) whose guess is the encoder's starting point — with
-      ``steps=0`` the guess itself is the encoding (no gradient steps). Decoding is the same.
+      ``grid_model.fit_analysis``) whose guess is the encoder's starting point when it runs
+      fewer than ``encode_steps`` steps — with ``steps=0`` the guess itself is the encoding
+      (no gradient steps). At ``encode_steps`` or more it starts from zeros, as without.
+      Decoding is the same.
     """
 
     factors: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
