@@ -371,6 +371,34 @@ class GridSynthesis(nn.Module):
 
 # ------------------------------------------------------------------------------ entropy coding
 @dataclass(frozen=True)
+class CausalPlan:
+    """What the ``causal`` coder writes for some items, independent of the frequency tables:
+    per item its level-presence bits, and per non-empty level (coarsest first) the symbols
+    ``+ K`` in coding order (int32) with their context indices (a tuple of index arrays into a
+    level's ``(*CONTEXT_SHAPE["causal"], 2K+1)`` tables)."""
+
+    present: list[list[bool]]
+    levels: list[tuple[int, np.ndarray, tuple[np.ndarray, ...]]]
+
+
+def causal_plan(items: Sequence[Sequence[np.ndarray]], k: int) -> CausalPlan:
+    """The :class:`CausalPlan` of ``items`` (each ``L`` int grids, symbols in ``[-k, k]``):
+    all items' level ``l`` interleaved along the diagonals ``col + 2·row``."""
+    n_levels = len(items[0]) if items else 0
+    present = [[bool(z.any()) for z in grids] for grids in items]
+    levels = []
+    for lv in reversed(range(n_levels)):
+        idx = [i for i, p in enumerate(present) if p[lv]]
+        if not idx:
+            continue
+        z = np.stack([items[i][lv] for i in idx])
+        ctx = [np.stack(c) for c in zip(*(level_contexts(items[i], lv, "causal") for i in idx), strict=True)]
+        order = diagonal_order(z.shape)
+        levels.append((lv, (z.ravel()[order] + k).astype(np.int32), tuple(c.ravel()[order] for c in ctx)))
+    return CausalPlan(present, levels)
+
+
+@dataclass(frozen=True)
 class GridEntropyModel:
     """Integer frequency tables ``counts (L, *CONTEXT_SHAPE[scheme], 2K+1)`` (all >= 1),
     fitted on the quantized latents of the training items; probabilities are ``counts / sum``
@@ -460,26 +488,20 @@ class GridEntropyModel:
             if max(np.abs(z).max(initial=0) for z in grids) > k:
                 raise ValueError(f"latent symbols outside [-{k}, {k}]")
 
-    def encode_to(self, enc: Any, items: Sequence[Sequence[np.ndarray]]) -> None:
+    def encode_to(self, enc: Any, items: Sequence[Sequence[np.ndarray]], plan: CausalPlan | None = None) -> None:
         """Append ``items`` (checked with :meth:`check`) to a constriction range encoder,
-        ``causal`` scheme: level-presence bits, then the levels' diagonals."""
-        k, probs, scheme = self.max_symbol, self._probs, self.scheme
+        ``causal`` scheme: level-presence bits, then the levels' diagonals. ``plan``: the
+        items' :func:`causal_plan` when already computed (it does not depend on the tables)."""
+        plan = causal_plan(items, self.max_symbol) if plan is None else plan
+        probs = self._probs
         model = constriction.stream.model.Categorical(perfect=False)
-        bits = [[bool(z.any()) for z in grids] for grids in items]
         presence = _Presence(self.levels)
-        for present in bits:
+        for present in plan.present:
             for lv in reversed(range(self.levels)):
                 enc.encode(np.array([present[lv]], np.int32), model, presence.probs(lv))
                 presence.update(lv, present[lv])
-        for lv in reversed(range(self.levels)):
-            idx = [i for i, present in enumerate(bits) if present[lv]]
-            if not idx:
-                continue
-            z = np.stack([items[i][lv] for i in idx])
-            ctx = [np.stack(c) for c in zip(*(level_contexts(items[i], lv, scheme) for i in idx), strict=True)]
-            order = diagonal_order(z.shape)
-            enc.encode((z.ravel()[order] + k).astype(np.int32), model,
-                       probs[lv][tuple(c.ravel()[order] for c in ctx)])
+        for lv, symbols, ctx in plan.levels:
+            enc.encode(symbols, model, probs[lv][ctx])
 
     def decompress(self, payload: bytes, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
         """Inverse of :meth:`compress` for ``n_items`` items of level ``shapes``."""
@@ -542,11 +564,12 @@ def compress_with_sets(sets: Sequence[GridEntropyModel], items: Sequence[Sequenc
     index = constriction.stream.model.Categorical(perfect=False)
     uniform = np.full((1, len(sets)), 1.0 / len(sets))
     sets[0].check(items)
+    plan = causal_plan(items, sets[0].max_symbol)  # the same symbols and contexts for every set
     coded = []
     for i, t in enumerate(sets):
         enc = constriction.stream.queue.RangeEncoder()
         enc.encode(np.array([i], np.int32), index, uniform)
-        t.encode_to(enc, items)
+        t.encode_to(enc, items, plan)
         coded.append(enc.get_compressed().astype("<u4").tobytes())
     return min(coded, key=len)
 
