@@ -218,12 +218,12 @@ class GridModel(Model):
         rest with stochastic Gumbel annealing (:func:`soft_round_sga`), so the latents
         settle on integers the decoder will see; finally rounded. The steps start from
         :meth:`initial_latents` (zeros, or below the default step count the analysis
-        network's guess — with ``steps=0`` that guess, rounded, is the result). Deterministic (seeded) for a given machine and input."""
+        network's guess — with ``steps=0`` that guess, rounded, is the result).
+        Deterministic (seeded) for a given machine and input."""
         shape = (normed.shape[1], normed.shape[2])
         k = self.config.max_symbol
         x = torch.from_numpy(np.where(valid, normed, 0.0).astype(np.float32)).to(self.device)
         m = torch.from_numpy(valid.astype(np.float32)).to(self.device)
-        count = m.flatten(1).sum(1).clamp_min(1.0)
         gen = torch.Generator(device=self.device).manual_seed(0)
         clim = self._climatology()
         zs = [t.requires_grad_(True) for t in self.initial_latents(x, rate_weight, steps)]
@@ -240,7 +240,7 @@ class GridModel(Model):
                         tau = sga_temperature(step - n_noise, steps - n_noise)
                         zq = [soft_round_sga(z, tau, gen) for z in zs]
                     rec = self.network(zq, clim, shape)
-                    mse = (((rec - x) ** 2) * m).flatten(1).sum(1) / count
+                    mse = masked_mse(rec, x, m)
                     bits = self.network.rate_bits(zq, rounded)  # type: ignore[operator]
                     loss = (mse + rate_weight * bits / (shape[0] * shape[1])).sum()
                     opt.zero_grad()
@@ -429,7 +429,7 @@ def train_grid_model(
             zq = [soft_round_sga(z, tau, gen) for z in zs]
         rec = net(zq, clim, hw)
         xm, mm = normed[item[bi]], mask[item[bi]]
-        mse = (((rec - xm) ** 2) * mm).flatten(1).sum(1) / mm.flatten(1).sum(1).clamp_min(1.0)
+        mse = masked_mse(rec, xm, mm)
         bpv = net.rate_bits(noisy, rounded) / (hw[0] * hw[1])
         loss = (mse + lams[bi] * bpv).mean()
         opt.zero_grad()
@@ -452,21 +452,9 @@ def train_grid_model(
     return GridModel(config, net.cpu(), mean32, std, entropy, report)
 
 
-def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, steps: int = 1500, batch: int = 16,
-                 rate_weights: tuple[float, float] = (0.03, 30.0), lr: float = 2e-3, seed: int = 0,
-                 log: Any = None) -> GridModel:
-    """A copy of ``model`` with an analysis network (:class:`GridAnalysis`, ``channels`` wide)
-    fitted on training fields ``data (N, H, W)``: the guess for a field at rate weight lambda
-    (log-uniform in ``rate_weights``) goes through the model's frozen synthesis and rate
-    proxy with uniform noise for rounding, minimising MSE + lambda * bits per value, as the
-    encoder does. The encoder then starts from the guess; ``steps=0`` encodes with the guess
-    alone (one forward pass instead of hundreds of gradient steps). Synthesis, entropy tables
-    and so decoding are unchanged; the copy has its own model id. Runs on the model's device."""
-    lo, hi = (float(v) for v in rate_weights)
-    if not (0 < lo <= hi and math.isfinite(hi)):
-        raise ValueError(f"rate_weights must be a range 0 < lo <= hi, got {rate_weights}")
-    if channels < 1 or steps < 1 or batch < 1:
-        raise ValueError("channels, steps and batch must be >= 1")
+def _fields_to_fit(model: GridModel, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training fields ``data (..., H, W)`` -> ``(N, H, W)`` float64 fields the model can
+    encode (raises otherwise) without the all-missing ones, and their finite mask."""
     x = np.asarray(data, np.float64)
     x = x.reshape(-1, *x.shape[-2:])
     model._shape(x.shape)  # raises on fields the model cannot encode
@@ -474,7 +462,32 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
     keep = [i for i in range(x.shape[0]) if valid[i].any()]
     if not keep:
         raise ValueError("training data holds no finite values")
-    x, valid = x[keep], valid[keep]
+    return x[keep], valid[keep]
+
+
+def masked_mse(rec: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error ``(B,)`` of ``rec`` vs ``x (B, H, W)`` over the points where
+    ``mask`` is 1 (at least one point counted per field)."""
+    return (((rec - x) ** 2) * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1.0)
+
+
+def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, steps: int = 1500, batch: int = 16,
+                 rate_weights: tuple[float, float] = (0.03, 30.0), lr: float = 2e-3, seed: int = 0,
+                 log: Any = None) -> GridModel:
+    """A copy of ``model`` with an analysis network (:class:`GridAnalysis`, ``channels`` wide)
+    fitted on training fields ``data (N, H, W)``: the guess for a field at rate weight lambda
+    (log-uniform in ``rate_weights``) goes through the model's frozen synthesis and rate
+    proxy with uniform noise for rounding, minimising MSE + lambda * bits per value, as the
+    encoder does. Below the model's default step count the encoder then starts from the guess,
+    and ``steps=0`` encodes with the guess alone (one forward pass instead of hundreds of
+    gradient steps). Synthesis, entropy tables
+    and so decoding are unchanged; the copy has its own model id. Runs on the model's device."""
+    lo, hi = (float(v) for v in rate_weights)
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise ValueError(f"rate_weights must be a range 0 < lo <= hi, got {rate_weights}")
+    if channels < 1 or steps < 1 or batch < 1:
+        raise ValueError("channels, steps and batch must be >= 1")
+    x, valid = _fields_to_fit(model, data)
     config = dataclasses.replace(model.config, analysis_channels=int(channels))
     torch.manual_seed(seed)
     device = model.device
@@ -502,7 +515,7 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
         zs = analysis(xt[bi], clim, lam)
         noisy = [z + torch.rand(z.shape, generator=gen).to(device) - 0.5 for z in zs]
         rec = net(noisy, clim, hw)
-        mse = (((rec - xt[bi]) ** 2) * mt[bi]).flatten(1).sum(1) / mt[bi].flatten(1).sum(1).clamp_min(1.0)
+        mse = masked_mse(rec, xt[bi], mt[bi])
         bpv = net.rate_bits(noisy, [torch.round(z).detach() for z in zs]) / (hw[0] * hw[1])
         loss = (mse + lam * bpv).mean()
         opt.zero_grad()
@@ -531,14 +544,7 @@ def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[fl
     lams = [float(lam) for lam in dict.fromkeys(rate_weights)]
     if not lams or any(not (math.isfinite(lam) and lam >= 0) for lam in lams):
         raise ValueError(f"rate weights must be finite numbers >= 0, got {list(rate_weights)}")
-    x = np.asarray(data, np.float64)
-    x = x.reshape(-1, *x.shape[-2:])
-    model._shape(x.shape)  # raises on fields the model cannot encode
-    valid = np.isfinite(x)
-    keep = [i for i in range(x.shape[0]) if valid[i].any()]
-    if not keep:
-        raise ValueError("training data holds no finite values")
-    x, valid = x[keep], valid[keep]
+    x, valid = _fields_to_fit(model, data)
     normed = model._normalise(x)
     n_steps = model.config.encode_steps if steps is None else int(steps)
     k = model.config.max_symbol
