@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> str:
                          "starting guess; encode with steps=0 to use the guess alone) for this many steps")
     ap.add_argument("--analysis-channels", type=int, default=16)
     ap.add_argument("--analysis-batch", type=int, default=16)
+    ap.add_argument("--analysis-ste-fraction", type=float, default=0.3,
+                    help="share of the analysis fitting steps with straight-through rounding")
     ap.add_argument("--from-model", default=None,
                     help="no training: copy this grid model with the encoding defaults given")
     ap.add_argument("--climatology", choices=["auto", "yes", "no"], default="auto")
@@ -136,7 +138,8 @@ def _table_sets(model: GridModel, train: np.ndarray, args: argparse.Namespace) -
 def _analysis(model: GridModel, train: np.ndarray, args: argparse.Namespace) -> GridModel:
     print(f"analysis network ({args.analysis_channels} channels) from {train.shape[0]} training fields", flush=True)
     return fit_analysis(model, train, channels=args.analysis_channels, steps=args.analysis_steps,
-                        batch=args.analysis_batch, seed=args.seed, log=lambda r: print(
+                        batch=args.analysis_batch, ste_fraction=args.analysis_ste_fraction,
+                        seed=args.seed, log=lambda r: print(
                             f"  step {r['step']:5d}  mse {r['mse']:.4f}  bpv {r['bpv']:.4f}  {r['time_s']:.0f}s", flush=True))
 
 

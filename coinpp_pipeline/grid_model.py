@@ -473,12 +473,13 @@ def masked_mse(rec: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.
 
 def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, steps: int = 1500, batch: int = 16,
                  rate_weights: tuple[float, float] = (0.03, 30.0), lr: float = 2e-3, seed: int = 0,
-                 log: Any = None) -> GridModel:
+                 ste_fraction: float = 0.3, log: Any = None) -> GridModel:
     """A copy of ``model`` with an analysis network (:class:`GridAnalysis`, ``channels`` wide)
     fitted on training fields ``data (N, H, W)``: the guess for a field at rate weight lambda
     (log-uniform in ``rate_weights``) goes through the model's frozen synthesis and rate
-    proxy with uniform noise for rounding, minimising MSE + lambda * bits per value, as the
-    encoder does. Below the model's default step count the encoder then starts from the guess,
+    proxy with uniform noise for rounding (the last ``ste_fraction`` of the steps: straight-
+    through rounding, as ``steps=0`` rounds the guess), minimising MSE + lambda * bits per
+    value, as the encoder does. Below the model's default step count the encoder then starts from the guess,
     and ``steps=0`` encodes with the guess alone (one forward pass instead of hundreds of
     gradient steps). Synthesis, entropy tables
     and so decoding are unchanged; the copy has its own model id. Runs on the model's device."""
@@ -487,6 +488,8 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
         raise ValueError(f"rate_weights must be a range 0 < lo <= hi, got {rate_weights}")
     if channels < 1 or steps < 1 or batch < 1:
         raise ValueError("channels, steps and batch must be >= 1")
+    if not 0 <= ste_fraction <= 1:
+        raise ValueError(f"ste_fraction must be in [0, 1], got {ste_fraction}")
     x, valid = _fields_to_fit(model, data)
     config = dataclasses.replace(model.config, analysis_channels=int(channels))
     torch.manual_seed(seed)
@@ -514,7 +517,10 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
         lam = (lo * (hi / lo) ** torch.rand(len(bi), generator=gen)).to(device)
         zs = analysis(xt[bi], clim, lam)
         noisy = [z + torch.rand(z.shape, generator=gen).to(device) - 0.5 for z in zs]
-        rec = net(noisy, clim, hw)
+        if step >= (1 - ste_fraction) * steps:  # straight-through rounding, as steps=0 will round
+            rec = net([z + (torch.round(z) - z).detach() for z in zs], clim, hw)
+        else:
+            rec = net(noisy, clim, hw)
         mse = masked_mse(rec, xt[bi], mt[bi])
         bpv = net.rate_bits(noisy, [torch.round(z).detach() for z in zs]) / (hw[0] * hw[1])
         loss = (mse + lam * bpv).mean()
@@ -528,7 +534,8 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
     net.requires_grad_(True)
     report = dict(model.report) | {"analysis": {
         "channels": int(channels), "steps": int(steps), "batch": int(batch), "rate_weights": [lo, hi],
-        "lr": float(lr), "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}}
+        "lr": float(lr), "ste_fraction": float(ste_fraction), "fields": int(x.shape[0]),
+        "seconds": time.perf_counter() - t0}}
     return GridModel(config, net.cpu(), model.mean, float(model.std[0]), model.tables, report,
                      model.table_sets).to(device)
 

@@ -504,5 +504,7 @@ def test_analysis_network_guess_encodes_without_gradient_steps(gmodel: GridModel
     np.testing.assert_array_equal(m.decode(m.encode(held_out)), gmodel.decode(gmodel.encode(held_out)))
     with pytest.raises(ValueError, match="rate_weights"):
         fit_analysis(gmodel, train_data, rate_weights=(0.0, 1.0))
+    with pytest.raises(ValueError, match="ste_fraction"):
+        fit_analysis(gmodel, train_data, ste_fraction=1.5)
     with pytest.raises(ValueError, match="analysis_channels"):
         GridConfig(analysis_channels=-1)
