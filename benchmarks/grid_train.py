@@ -94,10 +94,12 @@ def main(argv: list[str] | None = None) -> str:
         if not isinstance(base, GridModel):
             ap.error(f"--from-model {args.from_model} is not a grid model")
         model = base.with_encoding(**encoding)
-        if args.analysis_steps:
-            model = _analysis(model, _train_fields(args.dataset), args)
-        if args.table_sets:
-            model = _table_sets(model, _train_fields(args.dataset), args)
+        if args.analysis_steps or args.table_sets:
+            train = _train_fields(args.dataset)
+            if args.analysis_steps:
+                model = _analysis(model, train, args)
+            if args.table_sets:
+                model = _table_sets(model, train, args)
         return _save(model, args.out)
 
     train = _train_fields(args.dataset)

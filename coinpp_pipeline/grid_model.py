@@ -261,9 +261,8 @@ class GridModel(Model):
         analysis = net.analysis
         if analysis is None or steps >= self.config.encode_steps:
             return [torch.zeros((x.shape[0], *s), device=self.device) for s in self.config.level_shapes(shape)]
-        with torch.no_grad():
-            lam = torch.full((x.shape[0],), float(rate_weight), device=self.device)
-            return [g.detach().clone() for g in analysis(x, self._climatology(), lam)]
+        with torch.no_grad():  # leaves without history: the encoder's steps move them
+            return analysis(x, self._climatology(), torch.full((x.shape[0],), float(rate_weight), device=self.device))
 
     def fit_fields(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float) -> list[np.ndarray]:
         """:meth:`fit_grids` for any number of fields ``(B, H, W)``, in batches of at most
@@ -479,10 +478,11 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
     (log-uniform in ``rate_weights``) goes through the model's frozen synthesis and rate
     proxy with uniform noise for rounding (the last ``ste_fraction`` of the steps: straight-
     through rounding, as ``steps=0`` rounds the guess), minimising MSE + lambda * bits per
-    value, as the encoder does. Below the model's default step count the encoder then starts from the guess,
-    and ``steps=0`` encodes with the guess alone (one forward pass instead of hundreds of
-    gradient steps). Synthesis, entropy tables
-    and so decoding are unchanged; the copy has its own model id. Runs on the model's device."""
+    value, as the encoder does. Below the model's default step count the encoder then starts
+    from the guess, and ``steps=0`` encodes with the guess alone (one forward pass instead of
+    hundreds of gradient steps). Synthesis, entropy tables and so decoding are unchanged; an
+    analysis network the model already has is replaced; the copy has its own model id. Runs
+    on the model's device."""
     lo, hi = (float(v) for v in rate_weights)
     if not (0 < lo <= hi and math.isfinite(hi)):
         raise ValueError(f"rate_weights must be a range 0 < lo <= hi, got {rate_weights}")
@@ -495,7 +495,8 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
     torch.manual_seed(seed)
     device = model.device
     net = GridSynthesis(config)
-    missing, unexpected = net.load_state_dict(model.network.state_dict(), strict=False)
+    synthesis = {k: v for k, v in model.network.state_dict().items() if not k.startswith("analysis.")}
+    missing, unexpected = net.load_state_dict(synthesis, strict=False)
     if unexpected or any(not k.startswith("analysis.") for k in missing):
         raise ValueError(f"synthesis weights do not fit: missing {missing}, unexpected {unexpected}")
     net.to(device)

@@ -506,5 +506,9 @@ def test_analysis_network_guess_encodes_without_gradient_steps(gmodel: GridModel
         fit_analysis(gmodel, train_data, rate_weights=(0.0, 1.0))
     with pytest.raises(ValueError, match="ste_fraction"):
         fit_analysis(gmodel, train_data, ste_fraction=1.5)
+    # refitting replaces the analysis network (another width), the synthesis stays
+    again = fit_analysis(m, train_data, channels=4, steps=5)
+    assert again.config.analysis_channels == 4
+    assert all(torch.equal(p, again.network.state_dict()[k]) for k, p in gmodel.network.state_dict().items())
     with pytest.raises(ValueError, match="analysis_channels"):
         GridConfig(analysis_channels=-1)
