@@ -20,10 +20,14 @@ ap.add_argument("--dataset", required=True)
 ap.add_argument("--step", type=float, required=True)
 ap.add_argument("--lams", type=float, nargs="+", required=True)
 ap.add_argument("--table-fields", type=int, default=None)
+ap.add_argument("--lr", type=float, default=None, help="encoder learning rate of the new model (session 14: "
+                "scale it by 1/step for the same optimisation in output space)")
 a = ap.parse_args()
 torch.set_num_threads(2)
 m = GridModel.load(a.model)
 m = GridModel(m.config, m.network, m.mean, float(m.std[0]), m.tables, m.report)  # drop old sets
+if a.lr is not None:
+    m = m.with_encoding(encode_lr=a.lr)
 with torch.no_grad():
     m.network.gain.mul_(a.step)
     m.network.log_scale.add_(-math.log(a.step))
