@@ -376,8 +376,9 @@ def _encode_residual(
     x: np.ndarray, pred: np.ndarray, valid: np.ndarray, bound: float, dtype: np.dtype
 ) -> bytes:
     """Quantize ``x - pred`` with bin width ``2·(bound - margin)`` to integers ``q``, pick the
-    cheapest transform of ``q`` (:data:`RESIDUAL_MODES`) and entropy-code it with a quantized
-    Laplace model. Layout: varint rmax, u8 mode, f64 bin width, f32 scale, u32 words."""
+    cheapest transform of ``q`` and probability model (:data:`RESIDUAL_MODES`) and
+    entropy-code it. Layout: varint rmax, u8 mode, f64 bin width, f32 Laplace scale, for the
+    histogram modes ``2 rmax + 1`` varint symbol counts, then the range coder's u32 words."""
     # Decoders may differ from the encoder's prediction by a few float32 ulps of the network
     # output (threads, batch sizes, devices); that drift scales with |pred|, not only |x|.
     # Float outputs are also rounded to the array's dtype (float16 ulps are coarse).
@@ -411,24 +412,38 @@ def _encode_residual(
             f"{MAX_RESIDUAL_SYMBOL} levels); raise the bound or store this array losslessly"
         )
     # The residual of a neural fit stays spatially correlated: code the cheapest of the plain
-    # symbols and their differences along the last spatial axis or both last two (Lorenzo).
-    candidates = [_residual_transform(q, mode) for mode in range(len(RESIDUAL_MODES))]
-    costs = [_laplace_bits(d) for d in candidates]
+    # symbols and their differences along the last spatial axis or both last two (Lorenzo),
+    # each under one quantized Laplace or under the chunk's own symbol histogram (stored in
+    # the section; far cheaper for sparse residuals, where a Laplace fits badly).
+    n_transforms = len(RESIDUAL_TRANSFORMS)
+    candidates = [_residual_transform(q, mode) for mode in range(n_transforms)]
+    costs = [_laplace_bits(d) for d in candidates] + [_histogram_bits(d) for d in candidates]
     mode = int(np.argmin(costs))
-    d = candidates[mode]
+    d = candidates[mode % n_transforms]
     rmax = int(np.abs(d).max(initial=0))
     scale = _laplace_scale(d)
     head = bitstream._varint(rmax) + struct.pack("<Bdf", mode, width, scale)
     if rmax == 0:
         return head
+    symbols = d.reshape(-1).astype(np.int32)
     enc = constriction.stream.queue.RangeEncoder()
-    family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
-    enc.encode(d.reshape(-1).astype(np.int32), family, np.zeros(d.size), np.full(d.size, np.float32(scale), np.float64))
-    return head + enc.get_compressed().astype("<u4").tobytes()
+    if mode < n_transforms:
+        family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
+        enc.encode(symbols, family, np.zeros(d.size), np.full(d.size, np.float32(scale), np.float64))
+        return head + enc.get_compressed().astype("<u4").tobytes()
+    counts = np.bincount(symbols + rmax, minlength=2 * rmax + 1)
+    enc.encode(symbols + rmax, constriction.stream.model.Categorical(counts / d.size, perfect=False))
+    return (head + b"".join(bitstream._varint(int(c)) for c in counts)
+            + enc.get_compressed().astype("<u4").tobytes())
 
 
 #: Residual transforms: 0 plain, 1 difference along the last spatial axis, 2 Lorenzo (last two).
-RESIDUAL_MODES = ("plain", "left", "lorenzo")
+RESIDUAL_TRANSFORMS = ("plain", "left", "lorenzo")
+#: Residual modes (the section's mode byte): transform ``mode % 3`` coded under a quantized
+#: Laplace (modes 0-2) or under the chunk's symbol histogram stored in the section (3-5).
+RESIDUAL_MODES = (*RESIDUAL_TRANSFORMS, *(f"{t}, histogram" for t in RESIDUAL_TRANSFORMS))
+#: Widest symbol range ``[-r, r]`` coded with a histogram (wider: Laplace only).
+MAX_HISTOGRAM_SYMBOL = 255
 
 
 def _residual_transform(q: np.ndarray, mode: int) -> np.ndarray:
@@ -465,6 +480,18 @@ def _laplace_bits(d: np.ndarray) -> float:
     return float(-np.log2(np.maximum(p, 1e-300)).sum())
 
 
+def _histogram_bits(d: np.ndarray) -> float:
+    """Code length (bits) of integer symbols under their own histogram, including the
+    histogram's varint counts (inf beyond :data:`MAX_HISTOGRAM_SYMBOL`)."""
+    rmax = int(np.abs(d).max(initial=0))
+    if rmax > MAX_HISTOGRAM_SYMBOL:
+        return math.inf
+    counts = np.bincount(d.reshape(-1) + rmax, minlength=2 * rmax + 1)
+    used = counts[counts > 0].astype(np.float64)
+    header = sum(len(bitstream._varint(int(c))) for c in counts)
+    return float(-(used * np.log2(used / d.size)).sum()) + 8 * header
+
+
 def _decode_residual(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     r = bitstream._Reader(payload)
     rmax = r.varint("residual range", 4 * MAX_RESIDUAL_SYMBOL)
@@ -476,14 +503,24 @@ def _decode_residual(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     n = math.prod(shape)
     if rmax == 0:
         return np.zeros(shape)
+    counts = None
+    if mode >= len(RESIDUAL_TRANSFORMS):
+        if rmax > MAX_HISTOGRAM_SYMBOL:
+            raise BitstreamError(f"residual histogram over {2 * rmax + 1} symbols exceeds the limit")
+        counts = np.array([r.varint("residual histogram", n) for _ in range(2 * rmax + 1)], np.float64)
+        if counts.sum() != n:
+            raise BitstreamError(f"residual histogram counts {int(counts.sum())} symbols, the chunk has {n}")
     rest = payload[r.pos :]
     if len(rest) % 4:
         raise BitstreamError("residual payload length is not a multiple of 4 bytes")
     try:
         dec = constriction.stream.queue.RangeDecoder(np.frombuffer(rest, "<u4").astype(np.uint32))
-        family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
-        d = dec.decode(family, np.zeros(n), np.full(n, np.float32(scale), np.float64))
+        if counts is None:
+            family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
+            d = dec.decode(family, np.zeros(n), np.full(n, np.float32(scale), np.float64))
+        else:
+            d = dec.decode(constriction.stream.model.Categorical(counts / n, perfect=False), n) - rmax
     except Exception as exc:
         raise BitstreamError(f"residual payload cannot be decoded: {exc}") from exc
-    q = _residual_inverse(np.asarray(d, np.int64).reshape(shape), mode)
+    q = _residual_inverse(np.asarray(d, np.int64).reshape(shape), mode % len(RESIDUAL_TRANSFORMS))
     return q.astype(np.float64) * width

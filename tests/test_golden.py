@@ -193,6 +193,31 @@ def test_grid_chunks_in_format_version_2(name: str) -> None:
     assert pack(dataclasses.replace(chunk, model_id=grid_model.model_id)) == blob
 
 
+def test_grid_chunk_with_a_histogram_coded_residual() -> None:
+    """An error-bounded chunk whose residual section is coded under its own symbol histogram
+    (residual modes 3-5, ``make_golden_grid.py histogram``): the residual's integer symbols
+    and the decoded array are pinned, and the bound holds against the real source field."""
+    import struct
+
+    from coinpp_pipeline.model import RESIDUAL_MODES, _decode_residual
+
+    prefix, sha = GRID_FIXTURES["causal"]
+    m = Model.load(str(FIXTURES / f"{prefix}_model.coinpp"), sha256=sha)
+    blob = (FIXTURES / "golden_grid_causal_bounded_hist.bin").read_bytes()
+    chunk = unpack(blob)
+    assert (chunk.version, chunk.shape, set(chunk.sections)) == (2, (32, 48), {"G", "R"})
+    r = chunk.sections["R"]
+    mode, width, _ = struct.unpack("<Bdf", r[1:14])
+    assert RESIDUAL_MODES[mode] == "left, histogram"
+    q = np.rint(_decode_residual(r, (1, 32, 48, 1)) / width).reshape(32, 48)
+    expected_q = np.load(FIXTURES / "golden_grid_causal_bounded_hist_residual.npy")
+    np.testing.assert_array_equal(q, expected_q)
+    assert 100 < np.count_nonzero(expected_q) < 0.5 * expected_q.size  # sparse, but exercised
+    out = m.decode(blob)
+    np.testing.assert_allclose(out, np.load(FIXTURES / "golden_grid_causal_bounded_hist.npy"), rtol=0, atol=2e-3)
+    assert np.abs(out.astype(np.float64) - era5("t2m", 3)[0, 30:62, 100:148]).max() <= 2.0
+
+
 def test_grid_chunk_coded_with_an_entropy_table_set() -> None:
     """A model with entropy table sets (``make_golden_grid.py sets``): the file holds the
     causal model's network and pooled tables plus one set; its chunk's ``G`` payload names a

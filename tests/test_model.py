@@ -9,6 +9,7 @@ from helpers import era5, mri, roundtrip, tiny_model, training_data
 
 from coinpp_pipeline import Model, NotFittedError
 from coinpp_pipeline.bitstream import unpack
+from coinpp_pipeline.errors import BitstreamError
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +183,65 @@ def test_error_bound_below_float32_precision_refused(m2d: Model) -> None:
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="max_abs_error"):
             m2d.encode(_t2m_test(), max_abs_error=bad)
+
+
+def _residual_case(seed: int, share: float, spread: float = 3.0) -> np.ndarray:
+    """A field-like (1, 60, 80, 1) residual: mostly below a 0.5 bound, ``share`` of the
+    points well above it."""
+    rng = np.random.default_rng(seed)
+    big = rng.random((1, 60, 80, 1)) < share
+    return np.where(big, rng.normal(0, spread, (1, 60, 80, 1)), rng.uniform(-0.4, 0.4, (1, 60, 80, 1)))
+
+
+@pytest.mark.parametrize("share", [0.003, 0.05, 0.3, 1.0])
+def test_residual_histogram_modes(share: float) -> None:
+    """The residual layer codes each transform under a Laplace or under the chunk's own
+    symbol histogram, whichever is shorter: sparse residuals (a few points past the bound)
+    take the histogram and cost far less than the Laplace; every mode decodes within the bound."""
+    from coinpp_pipeline.model import (
+        RESIDUAL_MODES,
+        RESIDUAL_TRANSFORMS,
+        _decode_residual,
+        _encode_residual,
+        _laplace_bits,
+        _residual_transform,
+    )
+
+    r = _residual_case(0, share)
+    valid = np.ones(r.shape, bool)
+    blob = _encode_residual(r, np.zeros_like(r), valid, 0.5, np.dtype("<f4"))
+    mode = blob[1]
+    assert mode < len(RESIDUAL_MODES)
+    out = _decode_residual(blob, r.shape)
+    assert np.abs(out - r).max() <= 0.5
+    if share <= 0.05:
+        assert RESIDUAL_MODES[mode].endswith("histogram")
+        width = 2 * (0.5 - 0.5 / 256)
+        q = np.rint(r / width).astype(np.int64)
+        laplace = min(_laplace_bits(_residual_transform(q, t)) for t in range(len(RESIDUAL_TRANSFORMS))) / 8
+        assert len(blob) < 0.75 * laplace, (len(blob), laplace)
+
+
+def test_residual_histogram_corruption_is_refused() -> None:
+    from coinpp_pipeline.bitstream import _varint
+    from coinpp_pipeline.model import _decode_residual, _encode_residual
+
+    r = _residual_case(1, 0.01)
+    blob = _encode_residual(r, np.zeros_like(r), np.ones(r.shape, bool), 0.5, np.dtype("<f4"))
+    assert blob[1] >= 3 and blob[0] < 0x80  # histogram mode, one-byte rmax
+    rmax = blob[0]
+    head = 14  # varint rmax (1 B) + u8 mode + f64 width + f32 scale
+    # the histogram must count exactly the chunk's symbols
+    bad_shape = (1, 60, 79, 1)
+    with pytest.raises(BitstreamError, match="histogram"):
+        _decode_residual(blob, bad_shape)
+    # a histogram wider than the decoder accepts is refused before it is read
+    wide = _varint(300) + blob[1:head]
+    with pytest.raises(BitstreamError, match="histogram"):
+        _decode_residual(wide, r.shape)
+    # a truncated histogram is refused
+    with pytest.raises(BitstreamError):
+        _decode_residual(blob[: head + rmax], r.shape)
 
 
 @pytest.mark.parametrize("bound", [0.05, 0.5])
