@@ -1,0 +1,33 @@
+"""Residual-layer size per dataset: for the first held-out chunk of each dataset, encoded
+with its grid model at bounds (x range), the chunk bytes, the residual section R (real bytes)
+and its mode, and what the best Laplace-only coding of the same residual would take (ideal
+code length + the 14-byte section head: the coder before session 14).
+
+    python benchmarks/prototypes/residual_proto.py mri=M hadcm3=M era5:t2m=M --bounds 0.1 0.03 0.01
+"""
+import argparse, struct, sys
+from pathlib import Path
+import numpy as np, torch
+ROOT = Path(__file__).resolve().parents[2]; sys.path.insert(0, str(ROOT / "benchmarks")); sys.path.insert(0, str(ROOT))
+import datasets  # noqa: E402
+from coinpp_pipeline.bitstream import unpack  # noqa: E402
+from coinpp_pipeline.model import RESIDUAL_MODES, RESIDUAL_TRANSFORMS, Model, _decode_residual, _laplace_bits, _residual_transform  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("models", nargs="+", help="DATASET=MODEL")
+ap.add_argument("--bounds", type=float, nargs="+", default=[0.1, 0.03, 0.01])
+a = ap.parse_args()
+torch.set_num_threads(2)
+for spec in a.models:
+    name, path = spec.split("=", 1)
+    m = Model.load(path); d = datasets.load(name); c = d.test_chunks[0]
+    for rel in a.bounds:
+        blob = m.encode(c, max_abs_error=rel * d.range)
+        r = unpack(blob).sections.get("R", b"")
+        mode, width, _ = struct.unpack("<Bdf", r[1:14])
+        q = np.rint(_decode_residual(r, (1, *c.shape, 1)) / width).astype(np.int64)
+        lap = min(_laplace_bits(_residual_transform(q, t)) for t in range(len(RESIDUAL_TRANSFORMS))) / 8 + 14
+        print(f"{name} bound {rel:g} x range: chunk {len(blob)} B ({c.size * d.raw_itemsize / len(blob):.1f}x), "
+              f"R {len(r)} B [{RESIDUAL_MODES[mode]}], Laplace-only ≈ {lap:.0f} B "
+              f"(chunk ≈ {len(blob) - len(r) + lap:.0f} B, {c.size * d.raw_itemsize / (len(blob) - len(r) + lap):.1f}x); "
+              f"nonzero {np.mean(q != 0):.3f}", flush=True)
