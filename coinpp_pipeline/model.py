@@ -378,7 +378,8 @@ def _encode_residual(
     """Quantize ``x - pred`` with bin width ``2·(bound - margin)`` to integers ``q``, pick the
     cheapest transform of ``q`` and probability model (:data:`RESIDUAL_MODES`) and
     entropy-code it. Layout: varint rmax, u8 mode, f64 bin width, f32 Laplace scale, for the
-    histogram modes ``2 rmax + 1`` varint symbol counts, then the range coder's u32 words."""
+    histogram modes ``K x (2 rmax + 1)`` varint symbol counts (K = 1, or
+    :data:`RESIDUAL_CONTEXTS` for modes 6-8), then the range coder's u32 words."""
     # Decoders may differ from the encoder's prediction by a few float32 ulps of the network
     # output (threads, batch sizes, devices); that drift scales with |pred|, not only |x|.
     # Float outputs are also rounded to the array's dtype (float16 ulps are coarse).
@@ -413,11 +414,13 @@ def _encode_residual(
         )
     # The residual of a neural fit stays spatially correlated: code the cheapest of the plain
     # symbols and their differences along the last spatial axis or both last two (Lorenzo),
-    # each under one quantized Laplace or under the chunk's own symbol histogram (stored in
-    # the section; far cheaper for sparse residuals, where a Laplace fits badly).
+    # each under one quantized Laplace, under the chunk's own symbol histogram, or under one
+    # histogram per row-above context (both stored in the section; far cheaper for sparse
+    # residuals, where a Laplace fits badly and nonzero symbols cluster).
     n_transforms = len(RESIDUAL_TRANSFORMS)
     candidates = [_residual_transform(q, mode) for mode in range(n_transforms)]
-    costs = [_laplace_bits(d) for d in candidates] + [_histogram_bits(d) for d in candidates]
+    costs = ([_laplace_bits(d) for d in candidates] + [_histogram_bits(d, False) for d in candidates]
+             + [_histogram_bits(d, True) for d in candidates])
     mode = int(np.argmin(costs))
     d = candidates[mode % n_transforms]
     rmax = int(np.abs(d).max(initial=0))
@@ -431,19 +434,30 @@ def _encode_residual(
         family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
         enc.encode(symbols, family, np.zeros(d.size), np.full(d.size, np.float32(scale), np.float64))
         return head + enc.get_compressed().astype("<u4").tobytes()
-    counts = np.bincount(symbols + rmax, minlength=2 * rmax + 1)
-    enc.encode(symbols + rmax, constriction.stream.model.Categorical(counts / d.size, perfect=False))
-    return (head + b"".join(bitstream._varint(int(c)) for c in counts)
+    contextual = mode >= 2 * n_transforms
+    ctx = _residual_contexts(d, contextual).reshape(-1)
+    counts = np.zeros((RESIDUAL_CONTEXTS if contextual else 1, 2 * rmax + 1), np.int64)
+    np.add.at(counts, (ctx, symbols + rmax), 1)
+    probs = _histogram_probs(counts)
+    model = constriction.stream.model.Categorical(perfect=False)
+    step = max(1, (1 << 16) // counts.shape[1])  # symbols per call: bounded (n, S) probabilities
+    for i in range(0, symbols.size, step):
+        enc.encode(symbols[i : i + step] + rmax, model, probs[ctx[i : i + step]])
+    return (head + b"".join(bitstream._varint(int(c)) for c in counts.reshape(-1))
             + enc.get_compressed().astype("<u4").tobytes())
 
 
 #: Residual transforms: 0 plain, 1 difference along the last spatial axis, 2 Lorenzo (last two).
 RESIDUAL_TRANSFORMS = ("plain", "left", "lorenzo")
 #: Residual modes (the section's mode byte): transform ``mode % 3`` coded under a quantized
-#: Laplace (modes 0-2) or under the chunk's symbol histogram stored in the section (3-5).
-RESIDUAL_MODES = (*RESIDUAL_TRANSFORMS, *(f"{t}, histogram" for t in RESIDUAL_TRANSFORMS))
-#: Widest symbol range ``[-r, r]`` coded with a histogram (wider: Laplace only).
+#: Laplace (modes 0-2), under the chunk's symbol histogram stored in the section (3-5), or
+#: under one stored histogram per row-above context (6-8, :func:`_residual_contexts`).
+RESIDUAL_MODES = (*RESIDUAL_TRANSFORMS, *(f"{t}, histogram" for t in RESIDUAL_TRANSFORMS),
+                  *(f"{t}, context histograms" for t in RESIDUAL_TRANSFORMS))
+#: Widest symbol range ``[-r, r]`` coded with histograms (wider: Laplace only).
 MAX_HISTOGRAM_SYMBOL = 255
+#: Row-above contexts of modes 6-8: how many of the three symbols above are nonzero (0-3).
+RESIDUAL_CONTEXTS = 4
 
 
 def _residual_transform(q: np.ndarray, mode: int) -> np.ndarray:
@@ -480,16 +494,67 @@ def _laplace_bits(d: np.ndarray) -> float:
     return float(-np.log2(np.maximum(p, 1e-300)).sum())
 
 
-def _histogram_bits(d: np.ndarray) -> float:
-    """Code length (bits) of integer symbols under their own histogram, including the
-    histogram's varint counts (inf beyond :data:`MAX_HISTOGRAM_SYMBOL`)."""
+def _rows(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(B, *S, C)`` -> ``(items, rows, row length)``: rows run along the last spatial axis
+    (with the channels), stacked along the one before it (1 row for 1-D items)."""
+    w = shape[-2] * shape[-1]
+    h = shape[-3] if len(shape) >= 4 else 1
+    return math.prod(shape) // (h * w), h, w
+
+
+def _row_context(prev: np.ndarray) -> np.ndarray:
+    """Symbols of the rows above ``(..., w)`` -> how many of the three above each point are
+    nonzero ``(..., w)`` in 0-3."""
+    nz = np.pad(prev != 0, [(0, 0)] * (prev.ndim - 1) + [(1, 1)]).astype(np.int64)
+    return nz[..., :-2] + nz[..., 1:-1] + nz[..., 2:]
+
+
+def _residual_contexts(d: np.ndarray, contextual: bool) -> np.ndarray:
+    """Context of every symbol of ``d (B, *S, C)`` (same shape): 0 for the single-histogram
+    modes; the row-above count of nonzero symbols (0 in each item's first row) otherwise."""
+    if not contextual:
+        return np.zeros(d.shape, np.int64)
+    m, h, w = _rows(d.shape)
+    v = d.reshape(m, h, w)
+    ctx = np.zeros((m, h, w), np.int64)
+    ctx[:, 1:] = _row_context(v[:, :-1])
+    return ctx.reshape(d.shape)
+
+
+def _histogram_probs(counts: np.ndarray) -> np.ndarray:
+    """Per-context symbol counts ``(K, S)`` -> probabilities (uniform for an unused context)."""
+    total = counts.sum(axis=1, keepdims=True)
+    return np.where(total > 0, counts / np.maximum(total, 1), 1.0 / counts.shape[1])
+
+
+def _histogram_bits(d: np.ndarray, contextual: bool) -> float:
+    """Code length (bits) of integer symbols under their own histogram (one per row-above
+    context if ``contextual``), including the histograms' varint counts (inf beyond
+    :data:`MAX_HISTOGRAM_SYMBOL`)."""
     rmax = int(np.abs(d).max(initial=0))
     if rmax > MAX_HISTOGRAM_SYMBOL:
         return math.inf
-    counts = np.bincount(d.reshape(-1) + rmax, minlength=2 * rmax + 1)
-    used = counts[counts > 0].astype(np.float64)
-    header = sum(len(bitstream._varint(int(c))) for c in counts)
-    return float(-(used * np.log2(used / d.size)).sum()) + 8 * header
+    n_ctx = RESIDUAL_CONTEXTS if contextual else 1
+    counts = np.zeros((n_ctx, 2 * rmax + 1), np.int64)
+    np.add.at(counts, (_residual_contexts(d, contextual).reshape(-1), d.reshape(-1) + rmax), 1)
+    total = np.broadcast_to(counts.sum(axis=1, keepdims=True), counts.shape)
+    used = counts > 0
+    header = sum(len(bitstream._varint(int(c))) for c in counts.reshape(-1))
+    return float(-(counts[used] * np.log2(counts[used] / total[used])).sum()) + 8 * header
+
+
+def _decode_context_rows(dec: Any, probs: np.ndarray, shape: tuple[int, ...], rmax: int) -> np.ndarray:
+    """Decode the symbols of modes 6-8 row by row (each row's contexts come from the row
+    above) -> ``(m, h, w)`` int64 in ``[-rmax, rmax]``."""
+    m, h, w = _rows(shape)
+    model = constriction.stream.model.Categorical(perfect=False)
+    out = np.zeros((m, h, w), np.int64)
+    for i in range(m):
+        ctx = np.zeros(w, np.int64)
+        for j in range(h):
+            out[i, j] = dec.decode(model, probs[ctx]) - rmax
+            ctx = _row_context(out[i, j])
+    return out
 
 
 def _decode_residual(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
@@ -503,11 +568,14 @@ def _decode_residual(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
     n = math.prod(shape)
     if rmax == 0:
         return np.zeros(shape)
+    n_transforms = len(RESIDUAL_TRANSFORMS)
     counts = None
-    if mode >= len(RESIDUAL_TRANSFORMS):
+    if mode >= n_transforms:
         if rmax > MAX_HISTOGRAM_SYMBOL:
             raise BitstreamError(f"residual histogram over {2 * rmax + 1} symbols exceeds the limit")
-        counts = np.array([r.varint("residual histogram", n) for _ in range(2 * rmax + 1)], np.float64)
+        n_ctx = RESIDUAL_CONTEXTS if mode >= 2 * n_transforms else 1
+        counts = np.array([r.varint("residual histogram", n) for _ in range(n_ctx * (2 * rmax + 1))],
+                          np.int64).reshape(n_ctx, 2 * rmax + 1)
         if counts.sum() != n:
             raise BitstreamError(f"residual histogram counts {int(counts.sum())} symbols, the chunk has {n}")
     rest = payload[r.pos :]
@@ -518,8 +586,10 @@ def _decode_residual(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
         if counts is None:
             family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
             d = dec.decode(family, np.zeros(n), np.full(n, np.float32(scale), np.float64))
+        elif counts.shape[0] == 1:
+            d = dec.decode(constriction.stream.model.Categorical(counts[0] / n, perfect=False), n) - rmax
         else:
-            d = dec.decode(constriction.stream.model.Categorical(counts / n, perfect=False), n) - rmax
+            d = _decode_context_rows(dec, _histogram_probs(counts), shape, rmax)
     except Exception as exc:
         raise BitstreamError(f"residual payload cannot be decoded: {exc}") from exc
     q = _residual_inverse(np.asarray(d, np.int64).reshape(shape), mode % len(RESIDUAL_TRANSFORMS))

@@ -72,7 +72,7 @@ def test_model_file_sha256(model: Model) -> None:
 
 def test_fixtures_are_small() -> None:
     # the largest: the grid models' entropy tables (≈ 39 KB per table set)
-    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 320_000
+    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 330_000
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -216,6 +216,29 @@ def test_grid_chunk_with_a_histogram_coded_residual() -> None:
     out = m.decode(blob)
     np.testing.assert_allclose(out, np.load(FIXTURES / "golden_grid_causal_bounded_hist.npy"), rtol=0, atol=2e-3)
     assert np.abs(out.astype(np.float64) - era5("t2m", 3)[0, 30:62, 100:148]).max() <= 2.0
+
+
+def test_residual_section_with_context_histograms() -> None:
+    """A residual section coded under one histogram per row-above context (modes 6-8,
+    ``make_golden_grid.py histogram``: a real t2m anomaly, 48x96, bound 4 K): the decoded
+    integer symbols are pinned, and re-encoding the same residual reproduces the bytes."""
+    import struct
+
+    from coinpp_pipeline.model import RESIDUAL_MODES, _decode_residual, _encode_residual
+
+    r = (FIXTURES / "golden_residual_context.bin").read_bytes()
+    mode, width, _ = struct.unpack("<Bdf", r[1:14])
+    assert RESIDUAL_MODES[mode] == "left, context histograms"
+    # the generator's residual, rebuilt here: held-out day minus the training days' mean
+    anomaly = era5("t2m", 3)[0].astype(np.float64) - era5("t2m", 0).astype(np.float64).mean(axis=0)
+    res, bound = anomaly[40:88, 0:96][None, :, :, None], 4.0
+    out = _decode_residual(r, res.shape)
+    q = np.rint(out / width).reshape(res.shape[1:3])
+    expected = np.load(FIXTURES / "golden_residual_context_symbols.npy")
+    np.testing.assert_array_equal(q, expected)
+    assert 500 < np.count_nonzero(expected) < 0.5 * expected.size
+    assert np.abs(out - res).max() <= bound
+    assert _encode_residual(res, np.zeros_like(res), np.ones(res.shape, bool), bound, np.dtype("<f4")) == r
 
 
 def test_grid_chunk_coded_with_an_entropy_table_set() -> None:

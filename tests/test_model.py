@@ -193,33 +193,54 @@ def _residual_case(seed: int, share: float, spread: float = 3.0) -> np.ndarray:
     return np.where(big, rng.normal(0, spread, (1, 60, 80, 1)), rng.uniform(-0.4, 0.4, (1, 60, 80, 1)))
 
 
-@pytest.mark.parametrize("share", [0.003, 0.05, 0.3, 1.0])
-def test_residual_histogram_modes(share: float) -> None:
-    """The residual layer codes each transform under a Laplace or under the chunk's own
-    symbol histogram, whichever is shorter: sparse residuals (a few points past the bound)
-    take the histogram and cost far less than the Laplace; every mode decodes within the bound."""
+def _clustered_residual(seed: int, threshold: float, shape: tuple[int, ...] = (1, 60, 80, 1)) -> np.ndarray:
+    """A residual whose large values come in patches (smoothed noise past ``threshold``), as
+    a neural fit's misses do at edges: the case the row-above contexts are for."""
+    rng = np.random.default_rng(seed)
+    g = rng.normal(size=shape)
+    for ax in (-3, -2):
+        g = sum(np.roll(g, s, axis=ax) for s in range(-5, 6)) / 11
+    g /= g.std()
+    return np.where(np.abs(g) > threshold, 3 * g, 0.1 * g) + rng.normal(0, 0.1, shape)
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("sparse", "histogram"), ("some", "histogram"), ("dense", None), ("clustered", "context histograms"),
+    ("clustered 3-D", "context histograms"), ("1-D items", None),
+])
+def test_residual_modes(case: str, expected: str | None) -> None:
+    """The residual layer codes each transform under a Laplace, under the chunk's own symbol
+    histogram, or under one histogram per row-above context, whichever is shortest: sparse
+    residuals take a histogram and cost far less than the Laplace, clustered ones the
+    contexts; every mode decodes within the bound."""
     from coinpp_pipeline.model import (
         RESIDUAL_MODES,
         RESIDUAL_TRANSFORMS,
         _decode_residual,
         _encode_residual,
+        _histogram_bits,
         _laplace_bits,
         _residual_transform,
     )
 
-    r = _residual_case(0, share)
-    valid = np.ones(r.shape, bool)
-    blob = _encode_residual(r, np.zeros_like(r), valid, 0.5, np.dtype("<f4"))
+    r = {"sparse": lambda: _residual_case(0, 0.003), "some": lambda: _residual_case(0, 0.05),
+         "dense": lambda: _residual_case(0, 1.0), "clustered": lambda: _clustered_residual(0, 1.5),
+         "clustered 3-D": lambda: _clustered_residual(1, 1.5, (1, 4, 60, 80, 1)),
+         "1-D items": lambda: _residual_case(2, 0.3).reshape(4, 1200, 1)}[case]()
+    blob = _encode_residual(r, np.zeros_like(r), np.ones(r.shape, bool), 0.5, np.dtype("<f4"))
     mode = blob[1]
     assert mode < len(RESIDUAL_MODES)
     out = _decode_residual(blob, r.shape)
     assert np.abs(out - r).max() <= 0.5
-    if share <= 0.05:
-        assert RESIDUAL_MODES[mode].endswith("histogram")
-        width = 2 * (0.5 - 0.5 / 256)
-        q = np.rint(r / width).astype(np.int64)
-        laplace = min(_laplace_bits(_residual_transform(q, t)) for t in range(len(RESIDUAL_TRANSFORMS))) / 8
-        assert len(blob) < 0.75 * laplace, (len(blob), laplace)
+    if expected is None:
+        return
+    assert RESIDUAL_MODES[mode].endswith(", " + expected), RESIDUAL_MODES[mode]
+    q = np.rint(r / (2 * (0.5 - 0.5 / 256))).astype(np.int64)
+    transforms = [_residual_transform(q, t) for t in range(len(RESIDUAL_TRANSFORMS))]
+    laplace = min(_laplace_bits(d) for d in transforms) / 8
+    assert len(blob) < 0.8 * laplace, (len(blob), laplace)
+    if expected == "context histograms":  # cheaper than a single histogram too
+        assert len(blob) < min(_histogram_bits(d, False) for d in transforms) / 8
 
 
 def test_residual_histogram_corruption_is_refused() -> None:
@@ -242,6 +263,16 @@ def test_residual_histogram_corruption_is_refused() -> None:
     # a truncated histogram is refused
     with pytest.raises(BitstreamError):
         _decode_residual(blob[: head + rmax], r.shape)
+    # the same for the per-context histograms of modes 6-8
+    blob = _encode_residual(*(lambda c: (c, np.zeros_like(c)))(_clustered_residual(0, 1.5)),
+                            np.ones((1, 60, 80, 1), bool), 0.5, np.dtype("<f4"))
+    assert blob[1] >= 6
+    with pytest.raises(BitstreamError, match="histogram"):
+        _decode_residual(blob, bad_shape)
+    with pytest.raises(BitstreamError):
+        _decode_residual(blob[: head + 50], (1, 60, 80, 1))
+    with pytest.raises(BitstreamError, match="unknown residual mode"):
+        _decode_residual(blob[:1] + bytes([9]) + blob[2:], (1, 60, 80, 1))
 
 
 @pytest.mark.parametrize("bound", [0.05, 0.5])
