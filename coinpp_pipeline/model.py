@@ -436,6 +436,10 @@ def _encode_residual(
         return head + enc.get_compressed().astype("<u4").tobytes()
     contextual = mode >= 2 * n_transforms
     ctx = _residual_contexts(d, contextual).reshape(-1)
+    if contextual:  # row j of every item, then row j + 1: the decoder's order (one call per row index)
+        m, h, w = _rows(d.shape)
+        order = np.arange(d.size).reshape(m, h, w).transpose(1, 0, 2).reshape(-1)
+        symbols, ctx = symbols[order], ctx[order]
     counts = np.zeros((RESIDUAL_CONTEXTS if contextual else 1, 2 * rmax + 1), np.int64)
     np.add.at(counts, (ctx, symbols + rmax), 1)
     probs = _histogram_probs(counts)
@@ -544,16 +548,16 @@ def _histogram_bits(d: np.ndarray, contextual: bool) -> float:
 
 
 def _decode_context_rows(dec: Any, probs: np.ndarray, shape: tuple[int, ...], rmax: int) -> np.ndarray:
-    """Decode the symbols of modes 6-8 row by row (each row's contexts come from the row
-    above) -> ``(m, h, w)`` int64 in ``[-rmax, rmax]``."""
+    """Decode the symbols of modes 6-8, stored row index by row index (row ``j`` of every
+    item, then ``j + 1``; each row's contexts come from the row above) -> ``(m, h, w)``
+    int64 in ``[-rmax, rmax]``."""
     m, h, w = _rows(shape)
     model = constriction.stream.model.Categorical(perfect=False)
     out = np.zeros((m, h, w), np.int64)
-    for i in range(m):
-        ctx = np.zeros(w, np.int64)
-        for j in range(h):
-            out[i, j] = dec.decode(model, probs[ctx]) - rmax
-            ctx = _row_context(out[i, j])
+    ctx = np.zeros(m * w, np.int64)
+    for j in range(h):
+        out[:, j] = (dec.decode(model, probs[ctx]) - rmax).reshape(m, w)
+        ctx = _row_context(out[:, j]).reshape(-1)
     return out
 
 
