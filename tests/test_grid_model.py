@@ -257,6 +257,21 @@ def test_error_bound_nan_mask_constant_and_integer_chunks(gmodel: GridModel, hel
     assert back.dtype == np.int16 and np.abs(back.astype(int) - ints).max() <= 3
 
 
+def test_error_bound_default_rate_weight_is_a_third(gmodel: GridModel, held_out: np.ndarray) -> None:
+    """With an error bound and no rate weight, the encoder runs at the model's lambda / 3
+    (``BOUNDED_RATE_DIVISOR``); an explicit rate weight is used as given."""
+    from coinpp_pipeline.grid_model import BOUNDED_RATE_DIVISOR
+
+    assert BOUNDED_RATE_DIVISOR == 3.0
+    lam = gmodel.config.rate_weight
+    x = held_out[:1]
+    bounded = gmodel.encode(x, max_abs_error=0.5)
+    assert bounded == gmodel.encode(x, max_abs_error=0.5, rate_weight=lam / 3)
+    assert bounded != gmodel.encode(x, max_abs_error=0.5, rate_weight=lam)
+    # without a bound the default is the model's own
+    assert gmodel.encode(x) == gmodel.encode(x, rate_weight=lam)
+
+
 def test_wrong_shapes_and_foreign_chunks_are_refused(gmodel: GridModel, held_out: np.ndarray) -> None:
     with pytest.raises(ValueError, match="climatology for fields of shape"):
         gmodel.encode(held_out[:, :40])
