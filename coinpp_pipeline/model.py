@@ -440,8 +440,7 @@ def _encode_residual(
         m, h, w = _rows(d.shape)
         order = np.arange(d.size).reshape(m, h, w).transpose(1, 0, 2).reshape(-1)
         symbols, ctx = symbols[order], ctx[order]
-    counts = np.zeros((RESIDUAL_CONTEXTS if contextual else 1, 2 * rmax + 1), np.int64)
-    np.add.at(counts, (ctx, symbols + rmax), 1)
+    counts = _histogram_counts(symbols, ctx, RESIDUAL_CONTEXTS if contextual else 1, rmax)
     probs = _histogram_probs(counts)
     model = constriction.stream.model.Categorical(perfect=False)
     step = max(1, (1 << 16) // counts.shape[1])  # symbols per call: bounded (n, S) probabilities
@@ -525,6 +524,12 @@ def _residual_contexts(d: np.ndarray, contextual: bool) -> np.ndarray:
     return ctx.reshape(d.shape)
 
 
+def _histogram_counts(symbols: np.ndarray, ctx: np.ndarray, n_ctx: int, rmax: int) -> np.ndarray:
+    """Symbols in ``[-rmax, rmax]`` and their contexts (both ``(n,)``) -> counts ``(n_ctx, 2 rmax + 1)``."""
+    s = 2 * rmax + 1
+    return np.bincount(ctx * s + symbols + rmax, minlength=n_ctx * s).reshape(n_ctx, s)
+
+
 def _histogram_probs(counts: np.ndarray) -> np.ndarray:
     """Per-context symbol counts ``(K, S)`` -> probabilities (uniform for an unused context)."""
     total = counts.sum(axis=1, keepdims=True)
@@ -538,9 +543,8 @@ def _histogram_bits(d: np.ndarray, contextual: bool) -> float:
     rmax = int(np.abs(d).max(initial=0))
     if rmax > MAX_HISTOGRAM_SYMBOL:
         return math.inf
-    n_ctx = RESIDUAL_CONTEXTS if contextual else 1
-    counts = np.zeros((n_ctx, 2 * rmax + 1), np.int64)
-    np.add.at(counts, (_residual_contexts(d, contextual).reshape(-1), d.reshape(-1) + rmax), 1)
+    counts = _histogram_counts(d.reshape(-1), _residual_contexts(d, contextual).reshape(-1),
+                               RESIDUAL_CONTEXTS if contextual else 1, rmax)
     total = np.broadcast_to(counts.sum(axis=1, keepdims=True), counts.shape)
     used = counts > 0
     header = sum(len(bitstream._varint(int(c))) for c in counts.reshape(-1))
