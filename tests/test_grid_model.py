@@ -257,17 +257,24 @@ def test_error_bound_nan_mask_constant_and_integer_chunks(gmodel: GridModel, hel
     assert back.dtype == np.int16 and np.abs(back.astype(int) - ints).max() <= 3
 
 
-def test_error_bound_default_rate_weight_is_a_third(gmodel: GridModel, held_out: np.ndarray) -> None:
-    """With an error bound and no rate weight, the encoder runs at the model's lambda / 3
-    (``BOUNDED_RATE_DIVISOR``); an explicit rate weight is used as given."""
+def test_error_bound_default_rate_weight_tries_a_third(gmodel: GridModel, held_out: np.ndarray) -> None:
+    """With an error bound and no rate weight: if the model's lambda leaves a residual to code,
+    the encoder also tries lambda / 3 (``BOUNDED_RATE_DIVISOR``) and keeps the shorter chunk;
+    with no residual (a loose bound) it keeps the model's lambda; an explicit rate weight is
+    used as given."""
     from coinpp_pipeline.grid_model import BOUNDED_RATE_DIVISOR
 
     assert BOUNDED_RATE_DIVISOR == 3.0
     lam = gmodel.config.rate_weight
     x = held_out[:1]
-    bounded = gmodel.encode(x, max_abs_error=0.5)
-    assert bounded == gmodel.encode(x, max_abs_error=0.5, rate_weight=lam / 3)
-    assert bounded != gmodel.encode(x, max_abs_error=0.5, rate_weight=lam)
+    for bound in (0.1, 0.5):
+        at_lam = gmodel.encode(x, max_abs_error=bound, rate_weight=lam)
+        at_third = gmodel.encode(x, max_abs_error=bound, rate_weight=lam / 3)
+        assert unpack(at_lam).sections["R"][0] != 0  # a residual to code at these bounds
+        assert gmodel.encode(x, max_abs_error=bound) == min(at_lam, at_third, key=len)
+    loose = 10 * float(np.abs(gmodel.decode(gmodel.encode(x)) - x).max())
+    assert gmodel.encode(x, max_abs_error=loose) == gmodel.encode(x, max_abs_error=loose, rate_weight=lam)
+    assert unpack(gmodel.encode(x, max_abs_error=loose)).sections["R"][0] == 0
     # without a bound the default is the model's own
     assert gmodel.encode(x) == gmodel.encode(x, rate_weight=lam)
 
