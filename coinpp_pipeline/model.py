@@ -594,8 +594,8 @@ def _decode_residual(payload: bytes, shape: tuple[int, ...]) -> np.ndarray:
         if counts is None:
             family = constriction.stream.model.QuantizedLaplace(-rmax, rmax + 1)
             d = dec.decode(family, np.zeros(n), np.full(n, np.float32(scale), np.float64))
-        elif counts.shape[0] == 1:
-            d = dec.decode(constriction.stream.model.Categorical(counts[0] / n, perfect=False), n) - rmax
+        elif counts.shape[0] == 1:  # the encoder's probabilities: _histogram_probs(counts)[0]
+            d = dec.decode(constriction.stream.model.Categorical(_histogram_probs(counts)[0], perfect=False), n) - rmax
         else:
             d = _decode_context_rows(dec, _histogram_probs(counts), shape, rmax)
     except Exception as exc:
