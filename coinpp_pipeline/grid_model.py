@@ -37,12 +37,16 @@ KIND = "grid"
 #: (fewer, larger tensor operations) while activations stay bounded.
 ENCODE_POINTS = 1 << 16
 #: With an error bound, no rate weight given and a residual left to code at the model's
-#: default lambda, the encoder also tries that lambda divided by this and keeps the shorter
-#: chunk: a closer prediction leaves a sparser residual, which often saves more than the
-#: latents cost (session 14, one held-out chunk each at 3 % / 1 % of range, lambda 3 -> 1:
-#: t2m 129.0x -> 148.9x / 33.4x -> 34.1x, HadCM3 259.9x -> 351.2x / 41.1x -> 41.8x, MRI
-#: 17.6x -> 17.8x / 10.4x -> 10.7x; `benchmarks/prototypes/residual_proto.py --rate-weights`).
+#: default lambda, the encoder also tries that lambda divided by this, then by its square,
+#: ..., while the chunk keeps shrinking and still has a residual, at most
+#: :data:`BOUNDED_RATE_TRIES` encodes in all, and keeps the shortest chunk: a closer
+#: prediction leaves a sparser residual, which often saves more than the latents cost
+#: (session 14, one held-out chunk each at 3 % / 1 % of range, lambda 3 -> 1: t2m 129.0x ->
+#: 148.9x / 33.4x -> 34.1x, MRI 17.6x -> 17.8x / 10.4x -> 10.7x; HadCM3 3 % by lambda 3 / 1 /
+#: 0.3 / 0.1: 259.9x / 351.2x / 440.9x / 393.1x, 1 %: 41.1x / 41.8x / 42.7x / 44.9x;
+#: `benchmarks/prototypes/residual_proto.py --rate-weights`).
 BOUNDED_RATE_DIVISOR = 3.0
+BOUNDED_RATE_TRIES = 4
 
 
 def encode_batches(n: int, hw: tuple[int, int]) -> list[slice]:
@@ -305,8 +309,9 @@ class GridModel(Model):
                rate_weight: float | None = None) -> bytes:
         """Compress ``array (*items, H, W)`` to chunk bytes. ``rate_weight`` (lambda) sets the
         rate: larger = smaller and less exact (default: the model's; with an error bound
-        and a residual to code, also the model's / :data:`BOUNDED_RATE_DIVISOR`, keeping the
-        shorter chunk — twice the encoding time); ``steps`` the encoder's gradient steps;
+        and a residual to code, also the model's / :data:`BOUNDED_RATE_DIVISOR`, / its
+        square, ... while the chunk shrinks, keeping the shortest — up to
+        :data:`BOUNDED_RATE_TRIES` times the encoding time); ``steps`` the encoder's gradient steps;
         ``max_abs_error`` adds the error-bounded residual layer."""
         a = check_input(array, max_abs_error)
         lam = self.config.rate_weight if rate_weight is None else float(rate_weight)
@@ -324,14 +329,25 @@ class GridModel(Model):
             sections["K"] = struct.pack("<d", float(vals.flat[0]) if vals.size else 0.0)
         else:
             sections |= self._latent_sections(x, finite, n_steps, lam, max_abs_error, a.dtype)
-            # the section starts with varint rmax: 0 = every residual symbol is zero
-            if rate_weight is None and max_abs_error is not None and sections["R"][0] != 0:
-                # a residual to code: a closer prediction (smaller lambda) may cost less overall
-                alt = self._latent_sections(x, finite, n_steps, lam / BOUNDED_RATE_DIVISOR, max_abs_error, a.dtype)
-                if len(alt["G"]) + len(alt["R"]) < len(sections["G"]) + len(sections["R"]):
-                    sections |= alt
+            if rate_weight is None and max_abs_error is not None:
+                sections |= self._bounded_descent(x, finite, n_steps, lam, max_abs_error, a.dtype, sections)
         chunk = bitstream.Chunk(a.dtype, a.shape, hw, self.model_id, sections)
         return bitstream.pack(chunk)
+
+    def _bounded_descent(self, x: np.ndarray, finite: np.ndarray, steps: int, lam: float, max_abs_error: float,
+                         dtype: np.dtype, first: dict[str, bytes]) -> dict[str, bytes]:
+        """The error-bounded encoder's rate weight: ``first`` (the sections at ``lam``), then
+        ``lam / BOUNDED_RATE_DIVISOR ** k`` while each is shorter than the last and leaves a
+        residual (at most :data:`BOUNDED_RATE_TRIES` encodes); returns the shortest."""
+        best = first
+        for k in range(1, BOUNDED_RATE_TRIES):
+            if best["R"][0] == 0:  # the section starts with varint rmax: 0 = no residual left
+                break
+            alt = self._latent_sections(x, finite, steps, lam / BOUNDED_RATE_DIVISOR**k, max_abs_error, dtype)
+            if len(alt["G"]) + len(alt["R"]) >= len(best["G"]) + len(best["R"]):
+                break
+            best = alt
+        return best
 
     def _latent_sections(self, x: np.ndarray, finite: np.ndarray, steps: int, rate_weight: float,
                          max_abs_error: float | None, dtype: np.dtype) -> dict[str, bytes]:

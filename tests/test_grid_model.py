@@ -7,6 +7,7 @@ fields; the first 5 days are training data, the last day is held out).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numcodecs
 import numpy as np
@@ -257,26 +258,56 @@ def test_error_bound_nan_mask_constant_and_integer_chunks(gmodel: GridModel, hel
     assert back.dtype == np.int16 and np.abs(back.astype(int) - ints).max() <= 3
 
 
-def test_error_bound_default_rate_weight_tries_a_third(gmodel: GridModel, held_out: np.ndarray) -> None:
-    """With an error bound and no rate weight: if the model's lambda leaves a residual to code,
-    the encoder also tries lambda / 3 (``BOUNDED_RATE_DIVISOR``) and keeps the shorter chunk;
-    with no residual (a loose bound) it keeps the model's lambda; an explicit rate weight is
-    used as given."""
-    from coinpp_pipeline.grid_model import BOUNDED_RATE_DIVISOR
+def test_error_bound_default_rate_weight_descends(gmodel: GridModel, held_out: np.ndarray) -> None:
+    """With an error bound and no rate weight: while the chunk at lambda leaves a residual to
+    code, the encoder tries lambda / 3, / 9, ... (``BOUNDED_RATE_DIVISOR``, at most
+    ``BOUNDED_RATE_TRIES`` encodes) and stops at the first that is not shorter, keeping the
+    shortest; with no residual (a loose bound) it keeps the model's lambda; an explicit rate
+    weight is used as given."""
+    from coinpp_pipeline.grid_model import BOUNDED_RATE_DIVISOR, BOUNDED_RATE_TRIES
 
-    assert BOUNDED_RATE_DIVISOR == 3.0
+    assert (BOUNDED_RATE_DIVISOR, BOUNDED_RATE_TRIES) == (3.0, 4)
     lam = gmodel.config.rate_weight
     x = held_out[:1]
     for bound in (0.1, 0.5):
-        at_lam = gmodel.encode(x, max_abs_error=bound, rate_weight=lam)
-        at_third = gmodel.encode(x, max_abs_error=bound, rate_weight=lam / 3)
-        assert unpack(at_lam).sections["R"][0] != 0  # a residual to code at these bounds
-        assert gmodel.encode(x, max_abs_error=bound) == min(at_lam, at_third, key=len)
+        tries = [gmodel.encode(x, max_abs_error=bound, rate_weight=lam / 3**k) for k in range(4)]
+        assert unpack(tries[0]).sections["R"][0] != 0  # a residual to code at these bounds
+        expect = tries[0]
+        for t in tries[1:]:  # the descent, written out
+            if unpack(expect).sections["R"][0] == 0 or len(t) >= len(expect):
+                break
+            expect = t
+        assert gmodel.encode(x, max_abs_error=bound) == expect
     loose = 10 * float(np.abs(gmodel.decode(gmodel.encode(x)) - x).max())
     assert gmodel.encode(x, max_abs_error=loose) == gmodel.encode(x, max_abs_error=loose, rate_weight=lam)
     assert unpack(gmodel.encode(x, max_abs_error=loose)).sections["R"][0] == 0
     # without a bound the default is the model's own
     assert gmodel.encode(x) == gmodel.encode(x, rate_weight=lam)
+
+
+@pytest.mark.parametrize(("sizes", "calls", "kept"), [
+    ({3.0: 90, 1.0: 80, 1 / 3: 70, 1 / 9: 75}, 4, 1 / 3),  # shrinks twice, then grows: stop
+    ({3.0: 90, 1.0: 80, 1 / 3: 70, 1 / 9: 60}, 4, 1 / 9),  # shrinks to the last try
+    ({3.0: 90, 1.0: 95}, 2, 3.0),  # the first smaller lambda is longer: keep the model's
+    ({3.0: 90, 1.0: 80, 1 / 3: 80}, 3, 1.0),  # a tie is not shorter
+    ({3.0: 90, 1.0: -80}, 2, 1.0),  # no residual left at 1 (size < 0 here): stop there
+])
+def test_bounded_descent_stops(gmodel: GridModel, held_out: np.ndarray, monkeypatch: pytest.MonkeyPatch,
+                               sizes: dict[float, int], calls: int, kept: float) -> None:
+    """The descent's control flow with stand-in sections: ``G`` of ``|size|`` bytes naming
+    the lambda, ``R`` empty of residual (first byte 0) when the size is negative."""
+    seen: list[float] = []
+
+    def sections(x: np.ndarray, finite: np.ndarray, steps: int, lam: float, bound: float | None, dtype: np.dtype) -> dict[str, bytes]:
+        seen.append(lam)
+        size = next(v for k, v in sizes.items() if math.isclose(k, lam))
+        return {"G": repr(lam).encode().ljust(abs(size), b" "), "R": bytes([0 if size < 0 else 1])}
+
+    monkeypatch.setattr(gmodel, "_latent_sections", sections)
+    monkeypatch.setattr(gmodel, "config", dataclasses.replace(gmodel.config, rate_weight=3.0))
+    g = unpack(gmodel.encode(held_out[:1], max_abs_error=0.1)).sections["G"]
+    assert len(seen) == calls and all(math.isclose(a, 3.0 / 3**k) for k, a in enumerate(seen))
+    assert math.isclose(float(g.decode()), kept)
 
 
 def test_wrong_shapes_and_foreign_chunks_are_refused(gmodel: GridModel, held_out: np.ndarray) -> None:
