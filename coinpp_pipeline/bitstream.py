@@ -29,7 +29,8 @@ bytes, the last section's 1-2 length bytes).
 
 Sections: ``L`` entropy-coded latents (patch models), ``G`` entropy-coded latent grids
 (grid models; ``patch`` then holds the field shape), ``M`` mask of invalid points (zlib of
-packbits), ``R`` error-bounded residual, ``K`` constant-chunk values. Every size read from a header is
+packbits), ``R`` error-bounded residual, ``K`` constant-chunk values, ``P`` basis coefficients
+of a grid model with a basis (float16, fields x k). Every size read from a header is
 bounded before anything is allocated; any inconsistency raises :class:`BitstreamError`.
 """
 
@@ -62,7 +63,7 @@ MODEL_ID_BYTES_V2 = 4
 DTYPES: tuple[str, ...] = (
     "<f4", "<f8", "<f2", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8",
 )
-SECTION_TAGS = frozenset(b"LMRKG")
+SECTION_TAGS = frozenset(b"LMRKGP")
 
 
 @dataclass

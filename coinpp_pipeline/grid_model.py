@@ -221,8 +221,23 @@ class GridModel(Model):
         return (x - self.mean.astype(np.float64)) / float(self.std[0])
 
     def fit_grids(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float) -> list[np.ndarray]:
+        """The grids of :meth:`fit_grids_coeffs` (without the basis coefficients)."""
+        return self.fit_grids_coeffs(normed, valid, steps, rate_weight)[0]
+
+    def basis_coefficients(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised fields ``x (B, H, W)`` (0 at missing points) -> their projection on the
+        model's basis ``(B, k)`` (the basis is orthogonal with unit RMS per point); ``(B, 0)``
+        without one."""
+        basis: torch.Tensor | None = self.network.basis  # type: ignore[assignment]
+        if basis is None:
+            return torch.zeros((x.shape[0], 0), device=x.device)
+        return torch.einsum("bhw,khw->bk", x, basis) / (x.shape[1] * x.shape[2])
+
+    def fit_grids_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int,
+                         rate_weight: float) -> tuple[list[np.ndarray], np.ndarray]:
         """Encode normalised fields ``(B, H, W)`` (invalid points ignored) -> ``L`` int64
-        grids ``(B, h_l, w_l)`` in ``[-K, K]``.
+        grids ``(B, h_l, w_l)`` in ``[-K, K]`` and the basis coefficients ``(B, k)`` (float32
+        values of float16 numbers; ``k = 0`` without a basis).
 
         Adam on ``MSE + rate_weight * bits``: the first ``config.encode_noise_fraction`` of
         the steps (at least one) with additive uniform noise standing in for rounding, the
@@ -230,16 +245,18 @@ class GridModel(Model):
         settle on integers the decoder will see; finally rounded. The steps start from
         :meth:`initial_latents` (zeros, or below the default step count the analysis
         network's guess — with ``steps=0`` that guess, rounded, is the result).
-        Deterministic (seeded) for a given machine and input."""
+        With a basis, its coefficients start at the fields' projection and are fitted with
+        the latents. Deterministic (seeded) for a given machine and input."""
         shape = (normed.shape[1], normed.shape[2])
         k = self.config.max_symbol
         x = torch.from_numpy(np.where(valid, normed, 0.0).astype(np.float32)).to(self.device)
         m = torch.from_numpy(valid.astype(np.float32)).to(self.device)
         gen = torch.Generator(device=self.device).manual_seed(0)
         clim = self._climatology()
+        coeffs = self.basis_coefficients(x).requires_grad_(True)
         zs = [t.requires_grad_(True) for t in self.initial_latents(x, rate_weight, steps)]
         if steps > 0:
-            opt = torch.optim.Adam(zs, lr=self.config.encode_lr)
+            opt = torch.optim.Adam([*zs, coeffs], lr=self.config.encode_lr)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
             n_noise = max(1, int(self.config.encode_noise_fraction * steps))
             with torch.enable_grad():
@@ -250,7 +267,7 @@ class GridModel(Model):
                     else:
                         tau = sga_temperature(step - n_noise, steps - n_noise)
                         zq = [soft_round_sga(z, tau, gen) for z in zs]
-                    rec = self.network(zq, clim, shape)
+                    rec = self.network(zq, clim, shape, coeffs)
                     mse = masked_mse(rec, x, m)
                     bits = self.network.rate_bits(zq, rounded)  # type: ignore[operator]
                     loss = (mse + rate_weight * bits / (shape[0] * shape[1])).sum()
@@ -258,7 +275,9 @@ class GridModel(Model):
                     loss.backward()
                     opt.step()
                     sched.step()
-        return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs]
+        fmax = float(np.finfo(np.float16).max)
+        c16 = coeffs.detach().clamp(-fmax, fmax).cpu().numpy().astype(np.float16).astype(np.float32)
+        return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs], c16
 
     def initial_latents(self, x: torch.Tensor, rate_weight: float, steps: int) -> list[torch.Tensor]:
         """The encoder's starting latents for normalised fields ``x (B, H, W)`` (0 at missing
@@ -276,17 +295,28 @@ class GridModel(Model):
             return analysis(x, self._climatology(), torch.full((x.shape[0],), float(rate_weight), device=self.device))
 
     def fit_fields(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float) -> list[np.ndarray]:
-        """:meth:`fit_grids` for any number of fields ``(B, H, W)``, in batches of at most
-        :data:`ENCODE_POINTS` points (:func:`encode_batches`) -> ``L`` grids ``(B, h_l, w_l)``."""
-        hw = (normed.shape[1], normed.shape[2])
-        parts = [self.fit_grids(normed[b], valid[b], steps, rate_weight) for b in encode_batches(normed.shape[0], hw)]
-        return [np.concatenate([p[lv] for p in parts]) for lv in range(self.config.levels)]
+        """The grids of :meth:`fit_fields_coeffs`."""
+        return self.fit_fields_coeffs(normed, valid, steps, rate_weight)[0]
 
-    def synthesize_grids(self, grids: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-        """``L`` int grids ``(B, h_l, w_l)`` -> fields ``(B, H, W)`` in original units (float64)."""
+    def fit_fields_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int,
+                          rate_weight: float) -> tuple[list[np.ndarray], np.ndarray]:
+        """:meth:`fit_grids_coeffs` for any number of fields ``(B, H, W)``, in batches of at
+        most :data:`ENCODE_POINTS` points (:func:`encode_batches`) -> ``L`` grids
+        ``(B, h_l, w_l)`` and basis coefficients ``(B, k)``."""
+        hw = (normed.shape[1], normed.shape[2])
+        parts = [self.fit_grids_coeffs(normed[b], valid[b], steps, rate_weight)
+                 for b in encode_batches(normed.shape[0], hw)]
+        grids = [np.concatenate([p[0][lv] for p in parts]) for lv in range(self.config.levels)]
+        return grids, np.concatenate([p[1] for p in parts])
+
+    def synthesize_grids(self, grids: Sequence[np.ndarray], shape: tuple[int, int],
+                         coeffs: np.ndarray | None = None) -> np.ndarray:
+        """``L`` int grids ``(B, h_l, w_l)`` (and with a basis, its coefficients ``(B, k)``)
+        -> fields ``(B, H, W)`` in original units (float64)."""
         with torch.inference_mode():
             zs = [torch.from_numpy(g.astype(np.float32)).to(self.device) for g in grids]
-            out = self.network(zs, self._climatology(), shape).float().cpu().numpy()
+            c = None if coeffs is None else torch.from_numpy(np.asarray(coeffs, np.float32)).to(self.device)
+            out = self.network(zs, self._climatology(), shape, c).float().cpu().numpy()
         return out.astype(np.float64) * float(self.std[0]) + self.mean.astype(np.float64)
 
     # ------------------------------------------------------------------ entropy coding
@@ -353,10 +383,12 @@ class GridModel(Model):
                          max_abs_error: float | None, dtype: np.dtype) -> dict[str, bytes]:
         """Fields ``x (B, H, W)`` -> the ``G`` section and, with a bound, the ``R`` section."""
         hw = (x.shape[1], x.shape[2])
-        grids = self.fit_fields(self._normalise(x), finite, steps, rate_weight)
+        grids, coeffs = self.fit_fields_coeffs(self._normalise(x), finite, steps, rate_weight)
         out = {"G": self.compress_grids([[g[i] for g in grids] for i in range(x.shape[0])])}
+        if self.config.basis:
+            out["P"] = coeffs.astype("<f2").tobytes()
         if max_abs_error is not None:
-            pred = self.synthesize_grids(grids, hw)
+            pred = self.synthesize_grids(grids, hw, coeffs if self.config.basis else None)
             out["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, dtype)
         return out
 
@@ -372,9 +404,25 @@ class GridModel(Model):
             hw = (p.full[1], p.full[2])
             items = self.decompress_grids(p.chunk.sections["G"], p.items, self.config.level_shapes(hw))
             grids = [np.stack([it[lv] for it in items]) for lv in range(self.config.levels)]
-            values = self.synthesize_grids(grids, hw)
+            values = self.synthesize_grids(grids, hw, self._coefficients(p.chunk.sections, p.items))
             out.append(p.finish(values[..., None]))
         return out
+
+    def _coefficients(self, sections: dict[str, bytes], items: int) -> np.ndarray | None:
+        """The ``P`` section -> basis coefficients ``(items, k)`` (None without a basis)."""
+        k = self.config.basis
+        if not k:
+            if "P" in sections:
+                raise BitstreamError("chunk holds basis coefficients (section P) but the model has no basis")
+            return None
+        payload = sections.get("P")
+        if payload is None or len(payload) != 2 * k * items:
+            raise BitstreamError(f"chunk's basis coefficients: need {2 * k * items} bytes (section P), "
+                                 f"got {None if payload is None else len(payload)}")
+        c = np.frombuffer(payload, "<f2").astype(np.float32).reshape(items, k)
+        if not np.isfinite(c).all():
+            raise BitstreamError("chunk's basis coefficients are not finite")
+        return c
 
     def _parse(self, data: bytes | bytearray | memoryview) -> _Parsed:
         chunk = self._unpack_own(data)
@@ -411,7 +459,9 @@ def train_grid_model(
     optimised jointly (Adam, cosine decay; additive uniform noise stands in for rounding,
     then straight-through rounding for the next ``ste_fraction`` of the steps and stochastic
     Gumbel annealing, as the encoder does, for the last ``sga_fraction``). The entropy
-    tables are then counted from the rounded training latents.
+    tables are then counted from the rounded training latents. With ``config.basis = k``
+    the synthesis adds the training anomalies' top ``k`` principal components
+    (:func:`principal_components`), with per-item coefficients trained alongside the latents.
     """
     config = config or GridConfig()
     train = train or GridTrainConfig()
@@ -442,8 +492,15 @@ def train_grid_model(
     item = torch.tensor([i for i in range(x.shape[0]) for _ in train.rate_weights], device=device)
     shapes = config.level_shapes(hw)
     latents = [torch.nn.Parameter(torch.zeros((len(item), *s), device=device)) for s in shapes]
+    coeffs = torch.nn.Parameter(torch.zeros((len(item), config.basis), device=device))
+    energy = None
+    if config.basis:
+        basis, energy = principal_components(normed.cpu().numpy().astype(np.float64), valid, config.basis)
+        net.basis.copy_(torch.from_numpy(basis))  # type: ignore[union-attr]
+        with torch.no_grad():
+            coeffs.copy_(torch.einsum("bhw,khw->bk", normed[item], net.basis) / (hw[0] * hw[1]))
     opt = torch.optim.Adam([{"params": net.parameters(), "lr": train.lr},
-                            {"params": latents, "lr": train.latent_lr}])
+                            {"params": [*latents, coeffs], "lr": train.latent_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(train.steps, 1))
     gen = torch.Generator(device="cpu").manual_seed(train.seed)
     clim = climatology_input(mean32, device) if config.climatology else None
@@ -463,7 +520,7 @@ def train_grid_model(
         else:
             tau = sga_temperature(step - (train.steps - n_sga), n_sga)
             zq = [soft_round_sga(z, tau, gen) for z in zs]
-        rec = net(zq, clim, hw)
+        rec = net(zq, clim, hw, coeffs[bi] if config.basis else None)
         xm, mm = normed[item[bi]], mask[item[bi]]
         mse = masked_mse(rec, xm, mm)
         bpv = net.rate_bits(noisy, rounded) / (hw[0] * hw[1])
@@ -485,6 +542,8 @@ def train_grid_model(
     report = {"kind": KIND, "train": train.to_dict(), "items": int(x.shape[0]), "field_shape": list(hw),
               "device": str(device),
               "history": history, "train_seconds": time.perf_counter() - t0}
+    if energy is not None:
+        report["basis"] = {"components": config.basis, "fields": int(x.shape[0]), "energy": energy}
     return GridModel(config, net.cpu(), mean32, std, entropy, report)
 
 
@@ -554,11 +613,12 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
         bi = torch.randint(0, xt.shape[0], (min(batch, xt.shape[0]),), generator=gen).to(device)
         lam = (lo * (hi / lo) ** torch.rand(len(bi), generator=gen)).to(device)
         zs = analysis(xt[bi], clim, lam)
+        coeffs = model.basis_coefficients(xt[bi]) if config.basis else None  # the encoder's start
         noisy = [z + torch.rand(z.shape, generator=gen).to(device) - 0.5 for z in zs]
         if step >= (1 - ste_fraction) * steps:  # straight-through rounding, as steps=0 will round
-            rec = net([z + (torch.round(z) - z).detach() for z in zs], clim, hw)
+            rec = net([z + (torch.round(z) - z).detach() for z in zs], clim, hw, coeffs)
         else:
-            rec = net(noisy, clim, hw)
+            rec = net(noisy, clim, hw, coeffs)
         mse = masked_mse(rec, xt[bi], mt[bi])
         bpv = net.rate_bits(noisy, [torch.round(z).detach() for z in zs]) / (hw[0] * hw[1])
         loss = (mse + lam * bpv).mean()
@@ -576,6 +636,48 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
         "seconds": time.perf_counter() - t0}}
     return GridModel(config, net.cpu(), model.mean, float(model.std[0]), model.tables, report,
                      model.table_sets).to(device)
+
+
+#: Most training fields :func:`principal_components` reads (evenly spaced beyond that).
+BASIS_FIELDS = 2048
+
+
+def principal_components(normed: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """Normalised training fields ``(N, H, W)`` (missing points count as 0) -> the top ``k``
+    principal components of their anomalies ``(k, H, W)`` float32, each scaled to unit RMS
+    per point (so ``basis_j . basis_j / (H W) = 1``; signs fixed: each component's largest
+    entry is positive), and the share of the training anomalies' energy they hold."""
+    n = normed.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"a basis of {k} components needs 1 <= k <= {n} training fields")
+    idx = np.unique(np.linspace(0, n - 1, min(n, BASIS_FIELDS)).round().astype(np.int64))
+    a = np.where(valid[idx], normed[idx], 0.0).reshape(len(idx), -1)
+    a = a - a.mean(axis=0)
+    _, sv, vt = np.linalg.svd(a, full_matrices=False)
+    comps = vt[:k] * np.sign(vt[:k][np.arange(k), np.abs(vt[:k]).argmax(axis=1)])[:, None]
+    energy = float((sv[:k] ** 2).sum() / max((sv**2).sum(), 1e-300))
+    return (comps * math.sqrt(a.shape[1])).reshape(k, *normed.shape[1:]).astype(np.float32), energy
+
+
+def fit_basis(model: GridModel, data: np.ndarray, k: int) -> GridModel:
+    """A copy of ``model`` whose synthesis adds ``k`` principal components of the training
+    anomalies ``data (N, H, W)`` (:func:`principal_components`), weighted by per-field
+    coefficients the encoder fits with the latents and stores in the chunk (``2 k`` bytes
+    per field, section ``P``). Synthesis weights, entropy tables (and table sets) are kept;
+    the copy has its own model id. Needs a model with a climatology and no basis yet."""
+    if not model.config.climatology:
+        raise ValueError("a basis needs a model with a climatology (fixed field shape)")
+    if model.config.basis:
+        raise ValueError(f"the model already has a basis of {model.config.basis} components")
+    x, valid = _fields_to_fit(model, data)
+    basis, energy = principal_components(model._normalise(x), valid, int(k))
+    config = dataclasses.replace(model.config, basis=int(k))
+    net = GridSynthesis(config)
+    net.load_state_dict(model.network.state_dict() | {"basis": torch.from_numpy(basis)})
+    report = dict(model.report) | {"basis": {"components": int(k), "fields": int(x.shape[0]),
+                                             "energy": energy}}
+    return GridModel(config, net, model.mean, float(model.std[0]), model.tables, report,
+                     model.table_sets).to(model.device)
 
 
 def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[float],

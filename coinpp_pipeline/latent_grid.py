@@ -84,6 +84,11 @@ class GridConfig:
       fewer than ``encode_steps`` steps — with ``steps=0`` the guess itself is the encoding
       (no gradient steps). At ``encode_steps`` or more it starts from zeros, as without.
       Decoding is the same.
+    * ``basis``: 0 = none; ``k > 0``: the synthesis adds ``sum_j c_j B_j`` to its output,
+      ``B (k, H, W)`` the top principal components of the training anomalies (a buffer of
+      the network, :func:`~coinpp_pipeline.grid_model.fit_basis`), and every field stores
+      its ``k`` coefficients ``c`` (float16, chunk section ``P``), fitted with the latents.
+      Needs ``climatology``.
     """
 
     factors: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
@@ -100,6 +105,7 @@ class GridConfig:
     contexts: Scheme = "causal"
     encode_noise_fraction: float = 0.5
     analysis_channels: int = 0
+    basis: int = 0
 
     def __post_init__(self) -> None:
         f = self.factors
@@ -107,6 +113,8 @@ class GridConfig:
             raise ValueError(f"factors must be 1..{MAX_LEVELS} doubling integers, got {f}")
         if self.hidden < 1 or self.max_symbol < 1 or min(self.encode_steps, self.refine_channels, self.analysis_channels) < 0:
             raise ValueError("hidden, max_symbol must be >= 1; encode_steps, refine_channels, analysis_channels >= 0")
+        if self.basis < 0 or (self.basis and not self.climatology):
+            raise ValueError(f"basis must be >= 0 and needs climatology=True, got {self.basis}")
         if self.refine_channels and not self.conv:
             raise ValueError("refine_channels needs conv=True")
         if self.contexts not in CONTEXT_SHAPE:
@@ -150,7 +158,7 @@ class GridConfig:
 
 #: Config fields newer than the first grid model files, and the value a file without them means.
 _IMPLIED: dict[str, Any] = {"refine_channels": 0, "contexts": "row", "encode_noise_fraction": 0.5,
-                            "analysis_channels": 0}
+                            "analysis_channels": 0, "basis": 0}
 
 
 # ------------------------------------------------------------------------------ contexts
@@ -315,10 +323,18 @@ class GridSynthesis(nn.Module):
         self.loc = nn.Parameter(torch.zeros(config.levels, *ctx)) if config.contexts == "causal" else None
         #: The encoder's initial guess (``config.analysis_channels > 0``); not used to decode.
         self.analysis = GridAnalysis(config) if config.analysis_channels else None
+        self.basis: torch.Tensor | None
+        if config.basis:
+            if config.field_shape is None:
+                raise ValueError("a basis needs the model's field_shape")
+            self.register_buffer("basis", torch.zeros(config.basis, *config.field_shape))
+        else:
+            self.basis = None
 
     def forward(self, latents: Sequence[torch.Tensor], clim: torch.Tensor | None,
-                shape: tuple[int, int]) -> torch.Tensor:
-        """``latents[l] (B, h_l, w_l)``, ``clim (1, 1, H, W)`` or None -> ``(B, H, W)``.
+                shape: tuple[int, int], coeffs: torch.Tensor | None = None) -> torch.Tensor:
+        """``latents[l] (B, h_l, w_l)``, ``clim (1, 1, H, W)`` or None, with a basis its
+        coefficients ``coeffs (B, k)`` -> ``(B, H, W)``.
 
         Each level is upsampled (:func:`upsample_matrices`: two matrix products, the same
         linear map as ``F.interpolate`` with ``align_corners=False``; ``F.interpolate``
@@ -346,10 +362,15 @@ class GridSynthesis(nn.Module):
                 x = layer(x)
         out = x.permute(0, 3, 1, 2)  # (B, C, H, W)
         if self.head is not None and self.refine is not None:
-            return (self.head(out) + self.refine(out))[:, 0]
-        if self.refine is not None:
+            out = self.head(out) + self.refine(out)
+        elif self.refine is not None:
             out = out + self.refine(out)
-        return out[:, 0]
+        if self.basis is None:
+            return out[:, 0]
+        if coeffs is None or coeffs.shape != (out.shape[0], self.basis.shape[0]):
+            raise ValueError(f"this synthesis adds {self.basis.shape[0]} basis fields: needs coefficients "
+                             f"({out.shape[0]}, {self.basis.shape[0]}), got {None if coeffs is None else tuple(coeffs.shape)}")
+        return out[:, 0] + torch.einsum("bk,khw->bhw", coeffs, self.basis)
 
     def rate_bits(self, noisy: Sequence[torch.Tensor], rounded: Sequence[torch.Tensor]) -> torch.Tensor:
         """Differentiable bits ``(B,)`` of noisy latents under a Laplace whose scale (and,

@@ -565,3 +565,84 @@ def test_analysis_network_guess_encodes_without_gradient_steps(gmodel: GridModel
     assert all(torch.equal(p, again.network.state_dict()[k]) for k, p in gmodel.network.state_dict().items())
     with pytest.raises(ValueError, match="analysis_channels"):
         GridConfig(analysis_channels=-1)
+
+
+# ------------------------------------------------------------------------------ basis
+def test_principal_components_are_orthogonal_unit_rms_and_ordered(train_data: np.ndarray) -> None:
+    from coinpp_pipeline.grid_model import principal_components
+
+    x = (train_data - train_data.mean(0)) / train_data.std()
+    valid = np.isfinite(x)
+    basis, energy = principal_components(x.astype(np.float64), valid, 3)
+    b = basis.reshape(3, -1).astype(np.float64)
+    assert basis.shape == (3, *x.shape[1:]) and 0 < energy < 1
+    np.testing.assert_allclose(b @ b.T / b.shape[1], np.eye(3), atol=1e-5)
+    proj = [np.mean((x.reshape(len(x), -1) @ v / b.shape[1]) ** 2) for v in b]
+    assert proj[0] >= proj[1] >= proj[2]  # ordered by explained energy
+    with pytest.raises(ValueError, match="1 <= k"):
+        principal_components(x.astype(np.float64), valid, len(x) + 1)
+
+
+@pytest.fixture(scope="module")
+def bmodel(gmodel: GridModel, train_data: np.ndarray) -> GridModel:
+    from coinpp_pipeline.grid_model import fit_basis
+
+    return fit_basis(gmodel, train_data, 2)
+
+
+def test_basis_model_round_trips_and_stores_coefficients(bmodel: GridModel, gmodel: GridModel,
+                                                         held_out: np.ndarray) -> None:
+    assert bmodel.config.basis == 2 and bmodel.model_id != gmodel.model_id
+    assert bmodel.report["basis"]["components"] == 2
+    blob = bmodel.encode(held_out)
+    c = unpack(blob).sections["P"]
+    assert len(c) == 2 * 2 * held_out.shape[0]  # float16, fields x k
+    coeffs = np.frombuffer(c, "<f2").reshape(held_out.shape[0], 2)
+    assert np.abs(coeffs).max() > 0.01  # the fields do use the basis
+    again = Model.from_bytes(bmodel.to_bytes())
+    assert again.to_bytes() == bmodel.to_bytes()
+    out = again.decode(blob)
+    assert out.shape == held_out.shape and psnr(held_out, out) > 25
+    # without the basis term the same grids give another field: the coefficients are used
+    items = bmodel.decompress_grids(unpack(blob).sections["G"], 2, bmodel.config.level_shapes(held_out.shape[1:]))
+    grids = [np.stack([it[lv] for it in items]) for lv in range(bmodel.config.levels)]
+    with_c = bmodel.synthesize_grids(grids, held_out.shape[1:], coeffs.astype(np.float32))
+    np.testing.assert_allclose(out, with_c.astype(np.float32), rtol=0, atol=1e-3)
+    zero = bmodel.synthesize_grids(grids, held_out.shape[1:], np.zeros((2, 2), np.float32))
+    assert np.abs(zero - with_c).max() > 0.1
+    # error-bounded chunks keep the bound with the basis term in the prediction
+    bound = 0.2
+    assert np.abs(bmodel.decode(bmodel.encode(held_out, max_abs_error=bound)) - held_out).max() <= bound
+
+
+def test_basis_coefficient_section_is_checked(bmodel: GridModel, gmodel: GridModel, held_out: np.ndarray) -> None:
+    chunk = unpack(bmodel.encode(held_out[:1]))
+
+    def with_p(p: bytes | None) -> bytes:
+        sections = {k: v for k, v in chunk.sections.items() if k != "P"} | ({} if p is None else {"P": p})
+        return pack(dataclasses.replace(chunk, sections=sections, model_id=bmodel.model_id))
+
+    for bad, msg in [(None, "need 4 bytes"), (b"\x00" * 6, "need 4 bytes"),
+                     (np.array([np.nan, 1], "<f2").tobytes(), "not finite")]:
+        with pytest.raises(BitstreamError, match=msg):
+            bmodel.decode(with_p(bad))
+    own = unpack(gmodel.encode(held_out[:1]))
+    own.sections["P"] = b"\x00" * 4
+    own.model_id = gmodel.model_id
+    with pytest.raises(BitstreamError, match="has no basis"):
+        gmodel.decode(pack(own))
+
+
+def test_basis_trained_in_the_loop_and_analysis(train_data: np.ndarray, held_out: np.ndarray) -> None:
+    cfg = dataclasses.replace(CONFIG, basis=2)
+    m = train_grid_model(train_data, cfg, dataclasses.replace(TRAIN, steps=40))
+    assert m.config.basis == 2 and 0 < m.report["basis"]["energy"] < 1
+    assert Model.from_bytes(m.to_bytes()).decode(m.encode(held_out[:1])).shape == (1, *held_out.shape[1:])
+    a = fit_analysis(m, train_data, channels=4, steps=3, batch=4)
+    assert a.config.basis == 2 and unpack(a.encode(held_out[:1], steps=0)).sections["P"]
+    with pytest.raises(ValueError, match="climatology"):
+        GridConfig(basis=2, climatology=False)
+    from coinpp_pipeline.grid_model import fit_basis
+
+    with pytest.raises(ValueError, match="already has a basis"):
+        fit_basis(m, train_data, 2)
