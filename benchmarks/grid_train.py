@@ -20,6 +20,13 @@ evenly spaced ones), see :func:`coinpp_pipeline.grid_model.fit_table_sets`::
 
     python benchmarks/grid_train.py --dataset era5:t2m --from-model <sha>.coinpp --table-sets 0.1 0.3 1 3 10 30 100
 
+``--basis K``: the synthesis adds the training anomalies' top K principal components, with K
+float16 coefficients per field in each chunk (:func:`coinpp_pipeline.grid_model.fit_basis`):
+trained with it, or with ``--from-model`` added to a trained model (before any analysis
+network or table sets)::
+
+    python benchmarks/grid_train.py --dataset era5:t2m --from-model <sha>.coinpp --basis 16
+
 ``--analysis-steps N`` (after training, or with ``--from-model``; before any table sets) adds an
 analysis network whose guess is the encoder's starting point, see
 :func:`coinpp_pipeline.grid_model.fit_analysis`; ``encode(..., steps=0)`` then encodes with the
@@ -44,6 +51,7 @@ from coinpp_pipeline.grid_model import (  # noqa: E402
     GridModel,
     GridTrainConfig,
     fit_analysis,
+    fit_basis,
     fit_table_sets,
     train_grid_model,
 )
@@ -80,6 +88,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--analysis-batch", type=int, default=16)
     ap.add_argument("--analysis-ste-fraction", type=float, default=0.3,
                     help="share of the analysis fitting steps with straight-through rounding")
+    ap.add_argument("--basis", type=int, default=0,
+                    help="principal components of the training anomalies added by the synthesis")
     ap.add_argument("--from-model", default=None,
                     help="no training: copy this grid model with the encoding defaults given")
     ap.add_argument("--climatology", choices=["auto", "yes", "no"], default="auto")
@@ -94,8 +104,12 @@ def main(argv: list[str] | None = None) -> str:
         if not isinstance(base, GridModel):
             ap.error(f"--from-model {args.from_model} is not a grid model")
         model = base.with_encoding(**encoding)
-        if args.analysis_steps or args.table_sets:
+        if args.analysis_steps or args.table_sets or args.basis:
             train = _train_fields(args.dataset)
+            if args.basis:
+                model = fit_basis(model, train, args.basis)
+                print(f"basis of {args.basis} principal components: {model.report['basis']['energy']:.3f} "
+                      f"of the training anomalies' energy", flush=True)
             if args.analysis_steps:
                 model = _analysis(model, train, args)
             if args.table_sets:
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> str:
     train = _train_fields(args.dataset)
     clim = {"yes": True, "no": False}.get(args.climatology, args.dataset.startswith(("era5", "hadcm3")))
     config = GridConfig(factors=tuple(args.factors), hidden=args.hidden, climatology=clim,
-                        refine_channels=args.refine_channels, contexts=args.contexts,
+                        refine_channels=args.refine_channels, contexts=args.contexts, basis=args.basis,
                         **{k: v for k, v in encoding.items() if v is not None})
     tc = GridTrainConfig(steps=args.steps, batch=args.batch, rate_weights=tuple(args.rate_weights),
                          lr=args.lr, latent_lr=args.latent_lr,

@@ -46,6 +46,8 @@ ENCODE_POINTS = 1 << 16
 #: 0.3 / 0.1: 259.9x / 351.2x / 440.9x / 393.1x, 1 %: 41.1x / 41.8x / 42.7x / 44.9x;
 #: `benchmarks/prototypes/residual_proto.py --rate-weights`).
 BOUNDED_RATE_DIVISOR = 3.0
+#: Format byte of section ``P`` (basis coefficients): 0 = little-endian float16, fields x k.
+COEFFS_FLOAT16 = 0
 BOUNDED_RATE_TRIES = 4
 
 
@@ -386,7 +388,7 @@ class GridModel(Model):
         grids, coeffs = self.fit_fields_coeffs(self._normalise(x), finite, steps, rate_weight)
         out = {"G": self.compress_grids([[g[i] for g in grids] for i in range(x.shape[0])])}
         if self.config.basis:
-            out["P"] = coeffs.astype("<f2").tobytes()
+            out["P"] = bytes([COEFFS_FLOAT16]) + coeffs.astype("<f2").tobytes()
         if max_abs_error is not None:
             pred = self.synthesize_grids(grids, hw, coeffs if self.config.basis else None)
             out["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, dtype)
@@ -416,10 +418,12 @@ class GridModel(Model):
                 raise BitstreamError("chunk holds basis coefficients (section P) but the model has no basis")
             return None
         payload = sections.get("P")
-        if payload is None or len(payload) != 2 * k * items:
-            raise BitstreamError(f"chunk's basis coefficients: need {2 * k * items} bytes (section P), "
+        if payload is None or len(payload) != 1 + 2 * k * items:
+            raise BitstreamError(f"chunk's basis coefficients: need {1 + 2 * k * items} bytes (section P), "
                                  f"got {None if payload is None else len(payload)}")
-        c = np.frombuffer(payload, "<f2").astype(np.float32).reshape(items, k)
+        if payload[0] != COEFFS_FLOAT16:
+            raise BitstreamError(f"chunk's basis coefficients: unknown format {payload[0]}")
+        c = np.frombuffer(payload, "<f2", offset=1).astype(np.float32).reshape(items, k)
         if not np.isfinite(c).all():
             raise BitstreamError("chunk's basis coefficients are not finite")
         return c

@@ -596,8 +596,8 @@ def test_basis_model_round_trips_and_stores_coefficients(bmodel: GridModel, gmod
     assert bmodel.report["basis"]["components"] == 2
     blob = bmodel.encode(held_out)
     c = unpack(blob).sections["P"]
-    assert len(c) == 2 * 2 * held_out.shape[0]  # float16, fields x k
-    coeffs = np.frombuffer(c, "<f2").reshape(held_out.shape[0], 2)
+    assert len(c) == 1 + 2 * 2 * held_out.shape[0] and c[0] == 0  # format 0: float16, fields x k
+    coeffs = np.frombuffer(c, "<f2", offset=1).reshape(held_out.shape[0], 2)
     assert np.abs(coeffs).max() > 0.01  # the fields do use the basis
     again = Model.from_bytes(bmodel.to_bytes())
     assert again.to_bytes() == bmodel.to_bytes()
@@ -622,8 +622,9 @@ def test_basis_coefficient_section_is_checked(bmodel: GridModel, gmodel: GridMod
         sections = {k: v for k, v in chunk.sections.items() if k != "P"} | ({} if p is None else {"P": p})
         return pack(dataclasses.replace(chunk, sections=sections, model_id=bmodel.model_id))
 
-    for bad, msg in [(None, "need 4 bytes"), (b"\x00" * 6, "need 4 bytes"),
-                     (np.array([np.nan, 1], "<f2").tobytes(), "not finite")]:
+    for bad, msg in [(None, "need 5 bytes"), (b"\x00" * 6, "need 5 bytes"),
+                     (b"\x01" + b"\x00" * 4, "unknown format 1"),
+                     (b"\x00" + np.array([np.nan, 1], "<f2").tobytes(), "not finite")]:
         with pytest.raises(BitstreamError, match=msg):
             bmodel.decode(with_p(bad))
     own = unpack(gmodel.encode(held_out[:1]))
