@@ -465,7 +465,9 @@ def train_grid_model(
     Gumbel annealing, as the encoder does, for the last ``sga_fraction``). The entropy
     tables are then counted from the rounded training latents. With ``config.basis = k``
     the synthesis adds the training anomalies' top ``k`` principal components
-    (:func:`principal_components`), with per-item coefficients trained alongside the latents.
+    (:func:`principal_components`), with per-item coefficients trained alongside the latents
+    (``k`` must stay below the number of fields minus one: a basis that spans the training
+    anomalies leaves the latents nothing to learn).
     """
     config = config or GridConfig()
     train = train or GridTrainConfig()
@@ -499,6 +501,10 @@ def train_grid_model(
     coeffs = torch.nn.Parameter(torch.zeros((len(item), config.basis), device=device))
     energy = None
     if config.basis:
+        if config.basis >= x.shape[0] - 1:
+            raise ValueError(f"a basis of {config.basis} components spans the anomalies of all {x.shape[0]} training "
+                             "fields, so the latents would learn nothing: train with fewer components "
+                             "(well below the number of fields) or add the basis after training (fit_basis)")
         basis, energy = principal_components(normed.cpu().numpy().astype(np.float64), valid, config.basis)
         net.basis.copy_(torch.from_numpy(basis))  # type: ignore[union-attr]
         with torch.no_grad():

@@ -643,6 +643,8 @@ def test_basis_trained_in_the_loop_and_analysis(train_data: np.ndarray, held_out
     assert a.config.basis == 2 and unpack(a.encode(held_out[:1], steps=0)).sections["P"]
     with pytest.raises(ValueError, match="climatology"):
         GridConfig(basis=2, climatology=False)
+    with pytest.raises(ValueError, match="spans the anomalies"):
+        train_grid_model(train_data[:3], cfg, dataclasses.replace(TRAIN, steps=1))
     from coinpp_pipeline.grid_model import fit_basis
 
     with pytest.raises(ValueError, match="already has a basis"):
