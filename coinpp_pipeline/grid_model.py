@@ -46,9 +46,9 @@ ENCODE_POINTS = 1 << 16
 #: 0.3 / 0.1: 259.9x / 351.2x / 440.9x / 393.1x, 1 %: 41.1x / 41.8x / 42.7x / 44.9x;
 #: `benchmarks/prototypes/residual_proto.py --rate-weights`).
 BOUNDED_RATE_DIVISOR = 3.0
+BOUNDED_RATE_TRIES = 4
 #: Format byte of section ``P`` (basis coefficients): 0 = little-endian float16, fields x k.
 COEFFS_FLOAT16 = 0
-BOUNDED_RATE_TRIES = 4
 
 
 def encode_batches(n: int, hw: tuple[int, int]) -> list[slice]:
@@ -233,7 +233,7 @@ class GridModel(Model):
         basis: torch.Tensor | None = self.network.basis  # type: ignore[assignment]
         if basis is None:
             return torch.zeros((x.shape[0], 0), device=x.device)
-        return torch.einsum("bhw,khw->bk", x, basis) / (x.shape[1] * x.shape[2])
+        return project_on_basis(x, basis)
 
     def fit_grids_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int,
                          rate_weight: float) -> tuple[list[np.ndarray], np.ndarray]:
@@ -508,7 +508,7 @@ def train_grid_model(
         basis, energy = principal_components(normed.cpu().numpy().astype(np.float64), valid, config.basis)
         net.basis.copy_(torch.from_numpy(basis))  # type: ignore[union-attr]
         with torch.no_grad():
-            coeffs.copy_(torch.einsum("bhw,khw->bk", normed[item], net.basis) / (hw[0] * hw[1]))
+            coeffs.copy_(project_on_basis(normed[item], net.basis))  # type: ignore[arg-type]
     opt = torch.optim.Adam([{"params": net.parameters(), "lr": train.lr},
                             {"params": [*latents, coeffs], "lr": train.latent_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(train.steps, 1))
@@ -650,6 +650,12 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
 
 #: Most training fields :func:`principal_components` reads (evenly spaced beyond that).
 BASIS_FIELDS = 2048
+
+
+def project_on_basis(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Fields ``x (B, H, W)`` -> coefficients ``(B, k)`` on an orthogonal ``basis (k, H, W)``
+    of unit RMS per point (:func:`principal_components`)."""
+    return torch.einsum("bhw,khw->bk", x, basis) / (x.shape[1] * x.shape[2])
 
 
 def principal_components(normed: np.ndarray, valid: np.ndarray, k: int) -> tuple[np.ndarray, float]:

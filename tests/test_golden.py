@@ -71,8 +71,9 @@ def test_model_file_sha256(model: Model) -> None:
 
 
 def test_fixtures_are_small() -> None:
-    # the largest: the grid models' entropy tables (≈ 39 KB per table set)
-    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 330_000
+    # the largest: the grid models' entropy tables (≈ 39 KB per table set; three model files
+    # repeat the causal model's ≈ 55 KB: pooled, with a table set, with a basis)
+    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 420_000
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -261,6 +262,30 @@ def test_grid_chunk_coded_with_an_entropy_table_set() -> None:
     assert np.count_nonzero(expected_symbols) > 100
     assert len(chunk.sections["G"]) < len(m.tables.compress(items))  # coded with a set, not the pooled tables
     np.testing.assert_allclose(m.decode(blob), np.load(FIXTURES / "golden_grid_sets_fields.npy"), rtol=0, atol=2e-3)
+    assert pack(dataclasses.replace(chunk, model_id=m.model_id)) == blob
+    with pytest.raises(ModelMismatchError):
+        base.decode(blob)
+
+
+def test_grid_chunk_with_basis_coefficients() -> None:
+    """A model with a 2-component basis (``make_golden_grid.py basis``): the file holds the
+    causal model's network plus ``network.basis``; its chunk's section ``P`` (format byte 0,
+    float16 fields x k) holds the stored coefficients and decodes to the stored array."""
+    base = Model.load(str(FIXTURES / "golden_grid_causal_model.coinpp"), sha256=GRID_FIXTURES["causal"][1])
+    m = Model.load(str(FIXTURES / "golden_grid_basis_model.coinpp"),
+                   sha256="c92a758eba691df78c6f49fcd0ea1924bc5249c89c508503f203fc6b04e59883")
+    assert isinstance(m, GridModel) and isinstance(base, GridModel)
+    assert m.config == dataclasses.replace(base.config, basis=2)
+    assert m.network.basis is not None and tuple(m.network.basis.shape) == (2, 32, 48)
+    blob = (FIXTURES / "golden_grid_basis_fields.bin").read_bytes()
+    chunk = unpack(blob)
+    assert (chunk.version, chunk.shape, set(chunk.sections)) == (2, (2, 32, 48), {"G", "P"})
+    p = chunk.sections["P"]
+    assert p[0] == 0
+    coeffs = np.load(FIXTURES / "golden_grid_basis_fields_coeffs.npy")
+    np.testing.assert_array_equal(np.frombuffer(p, "<f2", offset=1).reshape(2, 2), coeffs)
+    assert np.abs(coeffs).max() > 0.01
+    np.testing.assert_allclose(m.decode(blob), np.load(FIXTURES / "golden_grid_basis_fields.npy"), rtol=0, atol=2e-3)
     assert pack(dataclasses.replace(chunk, model_id=m.model_id)) == blob
     with pytest.raises(ModelMismatchError):
         base.decode(blob)
