@@ -18,8 +18,9 @@ Configuration (plain JSON, what zarr writes into the store's metadata):
 * ``rel_error``: bound relative to each chunk's range of finite values
   (``rel_error * (max - min)``), or None. With both, the tighter bound applies.
 * ``rate_weight``: latent-grid models only: the rate–distortion weight lambda used when
-  encoding (larger = smaller chunks, lower fidelity); None for the model's default (a third
-  of it with an error bound: ``grid_model.BOUNDED_RATE_DIVISOR``). Written into the
+  encoding (larger = smaller chunks, lower fidelity); None for the model's default (with an error
+  bound and a residual left, the encoder also tries smaller ones and keeps the shortest chunk:
+  ``grid_model.BOUNDED_RATE_DIVISOR``, ``BOUNDED_RATE_TRIES``). Written into the
   configuration only when set.
 
 The chunk must be an ndarray of the chunk's shape (zarr v2 hands compressors the chunk array):

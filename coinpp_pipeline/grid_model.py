@@ -390,7 +390,7 @@ class GridModel(Model):
         if self.config.basis:
             out["P"] = bytes([COEFFS_FLOAT16]) + coeffs.astype("<f2").tobytes()
         if max_abs_error is not None:
-            pred = self.synthesize_grids(grids, hw, coeffs if self.config.basis else None)
+            pred = self.synthesize_grids(grids, hw, coeffs)  # (B, 0) without a basis: ignored
             out["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, dtype)
         return out
 
