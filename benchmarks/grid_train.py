@@ -20,6 +20,12 @@ evenly spaced ones), see :func:`coinpp_pipeline.grid_model.fit_table_sets`::
 
     python benchmarks/grid_train.py --dataset era5:t2m --from-model <sha>.coinpp --table-sets 0.1 0.3 1 3 10 30 100
 
+``--arm`` (with ``--table-sets``) also trains a learned autoregressive entropy model on the same
+latents, all rate weights together (:func:`coinpp_pipeline.grid_model.fit_coders`,
+:mod:`coinpp_pipeline.latent_arm`); chunks use it where it codes shorter than the tables::
+
+    python benchmarks/grid_train.py --dataset era5:t2m --from-model <sha>.coinpp --table-sets 0.1 0.3 1 3 10 30 100 --arm
+
 ``--basis K``: the synthesis adds the training anomalies' top K principal components, with K
 float16 coefficients per field in each chunk (:func:`coinpp_pipeline.grid_model.fit_basis`):
 trained with it, or with ``--from-model`` added to a trained model (before any analysis
@@ -52,7 +58,7 @@ from coinpp_pipeline.grid_model import (  # noqa: E402
     GridTrainConfig,
     fit_analysis,
     fit_basis,
-    fit_table_sets,
+    fit_coders,
     train_grid_model,
 )
 from coinpp_pipeline.latent_grid import GridConfig  # noqa: E402
@@ -81,6 +87,10 @@ def main(argv: list[str] | None = None) -> str:
                          "from the encoder's latents of the training fields at each of these rate weights")
     ap.add_argument("--table-fields", type=int, default=None,
                     help="with --table-sets: encode at most this many training fields (evenly spaced)")
+    ap.add_argument("--arm", action="store_true",
+                    help="with --table-sets: also train a learned autoregressive entropy model on those latents")
+    ap.add_argument("--arm-hidden", type=int, default=24)
+    ap.add_argument("--arm-steps", type=int, default=3000)
     ap.add_argument("--analysis-steps", type=int, default=0,
                     help="after training (or on --from-model): fit an analysis network (the encoder's "
                          "starting guess; encode with steps=0 to use the guess alone) for this many steps")
@@ -97,6 +107,8 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
+    if args.arm and not args.table_sets:
+        ap.error("--arm needs --table-sets (its rate weights)")
     encoding = {"encode_steps": args.encode_steps, "encode_lr": args.encode_lr,
                 "encode_noise_fraction": args.encode_noise_fraction}
     if args.from_model:
@@ -146,9 +158,11 @@ def _train_fields(dataset: str) -> np.ndarray:
 def _table_sets(model: GridModel, train: np.ndarray, args: argparse.Namespace) -> GridModel:
     if args.table_fields is not None and args.table_fields < train.shape[0]:
         train = train[np.linspace(0, train.shape[0] - 1, args.table_fields).round().astype(int)]
-    print(f"entropy tables per rate weight {args.table_sets} from {train.shape[0]} encoded training fields", flush=True)
-    return fit_table_sets(model, train, args.table_sets, log=lambda r: print(
-        f"  rate weight {r['rate_weight']:g}: {r['time_s']:.0f}s", flush=True))
+    what = "entropy tables per rate weight" + (" and an ARM" if args.arm else "")
+    print(f"{what} {args.table_sets} from {train.shape[0]} encoded training fields", flush=True)
+    return fit_coders(model, train, args.table_sets, table_sets=True, arm=args.arm, arm_hidden=args.arm_hidden,
+                      arm_steps=args.arm_steps, log=lambda r: print(
+                          f"  {r.get('rate_weight', r.get('arm'))}: {r['time_s']:.0f}s", flush=True))
 
 
 def _analysis(model: GridModel, train: np.ndarray, args: argparse.Namespace) -> GridModel:

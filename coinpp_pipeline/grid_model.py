@@ -22,6 +22,7 @@ import torch
 
 from . import bitstream, checkpoints
 from .errors import BitstreamError
+from .latent_arm import LatentARM, fit_arm
 from .latent_grid import (
     GridConfig,
     GridEntropyModel,
@@ -120,6 +121,7 @@ class GridModel(Model):
         entropy: GridEntropyModel,
         report: dict[str, Any] | None = None,
         table_sets: Sequence[GridEntropyModel] = (),
+        arm: LatentARM | None = None,
     ) -> None:
         for t in table_sets:
             if t.counts.shape != entropy.counts.shape:
@@ -127,6 +129,11 @@ class GridModel(Model):
                                  f"pooled ones {entropy.counts.shape}")
         if table_sets and entropy.scheme != "causal":
             raise ValueError("extra entropy table sets need the causal context scheme")
+        if arm is not None and entropy.scheme != "causal":
+            raise ValueError("an ARM needs the causal context scheme")
+        if arm is not None and (arm.levels != config.levels or arm.max_symbol != config.max_symbol):
+            raise ValueError(f"the ARM codes {arm.levels} levels of symbols up to {arm.max_symbol}; the model "
+                             f"has {config.levels} levels up to {config.max_symbol}")
         self.config = config
         self.network = synthesis.eval()  # type: ignore[assignment]
         self.mean = np.asarray(mean, np.float32)
@@ -135,6 +142,9 @@ class GridModel(Model):
         #: Extra entropy table sets (e.g. one per rate weight). With any, a chunk's ``G``
         #: section's first range-coded symbol names the set it was coded with (0 = ``tables``).
         self.table_sets = tuple(table_sets)
+        #: Learned autoregressive entropy model (:mod:`~coinpp_pipeline.latent_arm`): one more
+        #: candidate coder of the ``G`` section, after the table sets.
+        self.arm = arm
         self.entropy = None
         self.quantizer = None
         self.report = report or {}
@@ -153,6 +163,8 @@ class GridModel(Model):
             tensors |= {"norm.mean": self.mean, "norm.std": self.std, "entropy.counts": counts}
             if self.table_sets:
                 tensors["entropy.counts_sets"] = np.stack([t.counts for t in self.table_sets]).astype(counts.dtype)
+            if self.arm is not None:
+                tensors |= {f"entropy.{k}": v for k, v in self.arm.to_tensors().items()}
             desc = {"kind": KIND, "config": self.config.to_dict(), "report": _stable(self.report)}
             self._bytes = checkpoints.serialize(tensors, desc)
         return self._bytes
@@ -168,11 +180,13 @@ class GridModel(Model):
                                  f"{config.contexts!r} contexts and {config.levels} levels")
         sets = tensors.get("entropy.counts_sets")
         table_sets = [GridEntropyModel(c) for c in sets.numpy()] if sets is not None else []
+        arm_tensors = {k[len("entropy."):]: v.numpy() for k, v in tensors.items() if k.startswith("entropy.arm.")}
         try:
+            arm = LatentARM.from_tensors(arm_tensors) if arm_tensors else None
             model = cls(config, net, tensors["norm.mean"].numpy(), float(tensors["norm.std"].reshape(-1)[0]),
-                        tables, desc.get("report"), table_sets)
-        except ValueError as exc:  # extra table sets that do not fit the pooled tables
-            raise BitstreamError(f"model file's entropy table sets: {exc}") from exc
+                        tables, desc.get("report"), table_sets, arm)
+        except (ValueError, KeyError) as exc:  # extra coders that do not fit the model
+            raise BitstreamError(f"model file's entropy coders: {exc}") from exc
         model._bytes = bytes(data)
         return model
 
@@ -192,7 +206,7 @@ class GridModel(Model):
         )
         net: GridSynthesis = copy.deepcopy(self.network)  # type: ignore[assignment]
         return GridModel(config, net, self.mean, float(self.std[0]), self.tables, self.report,
-                         self.table_sets).to(self.device)
+                         self.table_sets, self.arm).to(self.device)
 
     def to(self, device: str | torch.device | None) -> GridModel:
         self.device = pick_device(str(device) if device is not None else None)
@@ -322,19 +336,27 @@ class GridModel(Model):
         return out.astype(np.float64) * float(self.std[0]) + self.mean.astype(np.float64)
 
     # ------------------------------------------------------------------ entropy coding
+    def coders(self) -> tuple[GridEntropyModel | LatentARM, ...]:
+        """The ``G`` section's candidate coders, in index order: the pooled tables, the table
+        sets, the ARM."""
+        return (self.tables, *self.table_sets, *([self.arm] if self.arm is not None else []))
+
     def compress_grids(self, items: Sequence[Sequence[np.ndarray]]) -> bytes:
         """Per item, its ``L`` int grids -> the ``G`` section payload: the pooled tables' bytes,
-        or with extra table sets, the shortest of all sets' codings with the set's index as
-        the first range-coded symbol (:func:`~coinpp_pipeline.latent_grid.compress_with_sets`)."""
-        if not self.table_sets:
+        or with extra table sets or an ARM, the shortest of all :meth:`coders`' codings with
+        the coder's index as the first range-coded symbol
+        (:func:`~coinpp_pipeline.latent_grid.compress_with_sets`)."""
+        coders = self.coders()
+        if len(coders) == 1:
             return self.tables.compress(items)
-        return compress_with_sets((self.tables, *self.table_sets), items)
+        return compress_with_sets(coders, items)
 
     def decompress_grids(self, payload: bytes, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
         """Inverse of :meth:`compress_grids`."""
-        if not self.table_sets:
+        coders = self.coders()
+        if len(coders) == 1:
             return self.tables.decompress(payload, n_items, shapes)
-        return decompress_with_sets((self.tables, *self.table_sets), payload, n_items, shapes)
+        return decompress_with_sets(coders, payload, n_items, shapes)
 
     # ------------------------------------------------------------------ chunks
     def encode(self, array: np.ndarray, *, steps: int | None = None, max_abs_error: float | None = None,
@@ -645,7 +667,7 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
         "lr": float(lr), "ste_fraction": float(ste_fraction), "fields": int(x.shape[0]),
         "seconds": time.perf_counter() - t0}}
     return GridModel(config, net.cpu(), model.mean, float(model.std[0]), model.tables, report,
-                     model.table_sets).to(device)
+                     model.table_sets, model.arm).to(device)
 
 
 #: Most training fields :func:`principal_components` reads (evenly spaced beyond that).
@@ -693,7 +715,7 @@ def fit_basis(model: GridModel, data: np.ndarray, k: int) -> GridModel:
     report = dict(model.report) | {"basis": {"components": int(k), "fields": int(x.shape[0]),
                                              "energy": energy}}
     return GridModel(config, net, model.mean, float(model.std[0]), model.tables, report,
-                     model.table_sets).to(model.device)
+                     model.table_sets, model.arm).to(model.device)
 
 
 def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[float],
@@ -703,25 +725,54 @@ def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[fl
     weight (``steps``: encoder steps, default the model's). Chunks are then coded with
     whichever set (or the pooled tables) gives the fewest bytes. The encoder's latents differ
     from the auto-decoder's training latents the pooled tables are counted from, and their
-    statistics depend on the rate weight: tables per rate weight code them shorter."""
+    statistics depend on the rate weight: tables per rate weight code them shorter.
+    (:func:`fit_coders` with ``table_sets=True``.)"""
+    return fit_coders(model, data, rate_weights, table_sets=True, steps=steps, log=log)
+
+
+def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float], *, table_sets: bool = True,
+               arm: bool = False, steps: int | None = None, log: Any = None, arm_hidden: int = 24,
+               arm_steps: int = 3000) -> GridModel:
+    """A copy of ``model`` with entropy coders fitted on the latents its own encoder finds
+    for training fields ``data (N, H, W)`` at each rate weight (``steps``: encoder steps,
+    default the model's): ``table_sets`` one table set per rate weight (replacing the
+    model's), ``arm`` a learned autoregressive model (:func:`~coinpp_pipeline.latent_arm.fit_arm`)
+    trained on the latents of all rate weights together (replacing the model's). Coders not
+    asked for are kept. Each chunk is coded with whichever coder is shortest."""
     lams = [float(lam) for lam in dict.fromkeys(rate_weights)]
     if not lams or any(not (math.isfinite(lam) and lam >= 0) for lam in lams):
         raise ValueError(f"rate weights must be finite numbers >= 0, got {list(rate_weights)}")
+    if not (table_sets or arm):
+        raise ValueError("fit_coders: ask for table_sets and/or arm")
     x, valid = _fields_to_fit(model, data)
     normed = model._normalise(x)
     n_steps = model.config.encode_steps if steps is None else int(steps)
     k = model.config.max_symbol
-    sets = []
+    sets, pooled = [], []
     t0 = time.perf_counter()
     for lam in lams:
         grids = model.fit_fields(normed, valid, n_steps, lam)
-        sets.append(GridEntropyModel.fit([[g[i] for g in grids] for i in range(x.shape[0])], k, model.config.contexts))
+        items = [[g[i] for g in grids] for i in range(x.shape[0])]
+        pooled += items
+        if table_sets:
+            sets.append(GridEntropyModel.fit(items, k, model.config.contexts))
         if log is not None:
             log({"rate_weight": lam, "fields": x.shape[0], "time_s": time.perf_counter() - t0})
-    report = dict(model.report) | {"table_sets": lams, "table_sets_from": {
-        "encoder_steps": n_steps, "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}}
+    source = {"encoder_steps": n_steps, "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}
+    report = dict(model.report)
+    if table_sets:
+        report |= {"table_sets": lams, "table_sets_from": source}
+    new_arm = model.arm
+    if arm:
+        t1 = time.perf_counter()
+        new_arm = fit_arm(pooled, k, hidden=arm_hidden, steps=arm_steps)
+        report |= {"arm": {"rate_weights": lams, "hidden": arm_hidden, "steps": arm_steps, **source,
+                           "seconds": time.perf_counter() - t1}}
+        if log is not None:
+            log({"arm": "fitted", "time_s": time.perf_counter() - t0})
     net: GridSynthesis = copy.deepcopy(model.network)  # type: ignore[assignment]
-    return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, report, sets)
+    return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, report,
+                     sets if table_sets else model.table_sets, new_arm)
 
 
 def fit_rate_proxy(model: GridModel) -> GridModel:
@@ -750,4 +801,4 @@ def fit_rate_proxy(model: GridModel) -> GridModel:
         if net.loc is not None:
             net.loc.copy_(torch.from_numpy(lo[best]).float())
     return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, dict(model.report),
-                     model.table_sets)
+                     model.table_sets, model.arm)

@@ -30,7 +30,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import constriction
 import numpy as np
@@ -39,6 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BitstreamError, NotFittedError
+
+if TYPE_CHECKING:
+    from .latent_arm import LatentARM
 
 #: Bin of the coarse-neighbourhood sum 0..18 (larger sums share the last bin).
 COARSE_BINS = np.array([0, 1, 2, 3, 3, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 7], np.int64)
@@ -578,10 +581,11 @@ class GridEntropyModel:
         return out
 
 
-def compress_with_sets(sets: Sequence[GridEntropyModel], items: Sequence[Sequence[np.ndarray]]) -> bytes:
-    """Code ``items`` with whichever of the ``causal`` table ``sets`` gives the fewest bytes
-    (the first on ties): range-coder words (``<u4``) whose first symbol is the set's index,
-    uniform over ``len(sets)``, then :meth:`GridEntropyModel.encode_to` with that set."""
+def compress_with_sets(sets: Sequence[GridEntropyModel | LatentARM], items: Sequence[Sequence[np.ndarray]]) -> bytes:
+    """Code ``items`` with whichever of the coders ``sets`` (``causal`` table sets, and an ARM,
+    :class:`~coinpp_pipeline.latent_arm.LatentARM`) gives the fewest bytes (the first on
+    ties): range-coder words (``<u4``) whose first symbol is the coder's index, uniform over
+    ``len(sets)``, then that coder's ``encode_to``. ``sets[0]``: tables."""
     index = constriction.stream.model.Categorical(perfect=False)
     uniform = np.full((1, len(sets)), 1.0 / len(sets))
     sets[0].check(items)
@@ -595,7 +599,7 @@ def compress_with_sets(sets: Sequence[GridEntropyModel], items: Sequence[Sequenc
     return min(coded, key=len)
 
 
-def decompress_with_sets(sets: Sequence[GridEntropyModel], payload: bytes, n_items: int,
+def decompress_with_sets(sets: Sequence[GridEntropyModel | LatentARM], payload: bytes, n_items: int,
                          shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
     """Inverse of :func:`compress_with_sets`."""
     if len(shapes) != sets[0].levels:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import constriction
 import numcodecs
 import numpy as np
 import pytest
@@ -24,9 +25,11 @@ from coinpp_pipeline.grid_model import (
     GridModel,
     GridTrainConfig,
     fit_analysis,
+    fit_coders,
     fit_table_sets,
     train_grid_model,
 )
+from coinpp_pipeline.latent_arm import LatentARM
 from coinpp_pipeline.latent_grid import (
     GridConfig,
     GridEntropyModel,
@@ -531,6 +534,39 @@ def test_fit_table_sets_from_the_encoders_training_latents(gmodel: GridModel, tr
     rows = GridEntropyModel(np.ones((4, 8, 5, 25), np.int64))
     with pytest.raises(ValueError, match="causal"):
         GridModel(rowcfg, type(gmodel.network)(rowcfg), gmodel.mean, 1.0, rows, None, [rows])
+
+
+def arm_bytes(coder: LatentARM, items: list[list[np.ndarray]]) -> int:
+    enc = constriction.stream.queue.RangeEncoder()
+    coder.encode_to(enc, items)
+    return 4 * len(enc.get_compressed())
+
+
+def test_grid_model_with_an_arm(gmodel: GridModel, train_data: np.ndarray, held_out: np.ndarray) -> None:
+    m = fit_coders(gmodel, train_data[:4], [0.3, 3.0], table_sets=False, arm=True, arm_steps=300, arm_hidden=8)
+    assert m.arm is not None and not m.table_sets and m.report["arm"]["rate_weights"] == [0.3, 3.0]
+    assert m.coders() == (m.tables, m.arm)
+    re = Model.from_bytes(m.to_bytes(), sha256=m.sha256)
+    assert isinstance(re, GridModel) and re.to_bytes() == m.to_bytes() and re.arm is not None
+    shapes = m.config.level_shapes((46, 90))
+    for lam in (0.3, 3.0):
+        blob, plain = m.encode(held_out, rate_weight=lam), gmodel.encode(held_out, rate_weight=lam)
+        np.testing.assert_array_equal(re.decode(blob), gmodel.decode(plain))  # same latents, other coder
+        g = unpack(blob).sections["G"]
+        items = re.decompress_grids(g, held_out.shape[0], shapes)
+        assert len(g) <= min(len(m.tables.compress(items)), arm_bytes(m.arm, items)) + 4
+    # keeping the ARM when only table sets are refitted; asking for nothing is an error
+    both = fit_coders(m, train_data[:2], [1.0], table_sets=True)
+    assert both.arm is m.arm and len(both.table_sets) == 1 and len(both.coders()) == 3
+    with pytest.raises(ValueError, match="table_sets and/or arm"):
+        fit_coders(gmodel, train_data[:2], [1.0], table_sets=False)
+    # corrupt payloads and mismatched ARMs are refused
+    chunk = dataclasses.replace(unpack(m.encode(held_out[:1])), model_id=m.model_id)
+    with pytest.raises(BitstreamError, match="cannot be decoded|invalid length"):
+        m.decode(pack(dataclasses.replace(chunk, sections={**chunk.sections, "G": b"\xff" * 8})))
+    other = dataclasses.replace(m.arm, levels=m.arm.levels - 1, weights=(m.arm.weights[0][1:], *m.arm.weights[1:]))
+    with pytest.raises(ValueError, match="levels"):
+        GridModel(m.config, m.network, m.mean, float(m.std[0]), m.tables, None, (), other)
 
 
 def test_analysis_network_guess_encodes_without_gradient_steps(gmodel: GridModel, train_data: np.ndarray,

@@ -56,19 +56,39 @@ for s in a.settings:
     f = lambda v: "-" if v is None else f"{psnr - v:+.2f}"  # noqa: E731
     print(f"lam {lam} steps {m.config.encode_steps if steps is None else steps}: ratio {ratio:.1f} psnr {psnr:.2f}  "
           f"vs SPERR {f(sp)}  vs SPERR-anom {f(sa)}  encode {te:.1f}s ({d.raw_bytes / te / 1e6:.3f} MB/s)", flush=True)
-    if getattr(m, "table_sets", ()):  # same chunks coded with the pooled tables only
+    coders = m.coders() if hasattr(m, "coders") else ()
+    if len(coders) > 1:  # the same chunks' latents under each coder (tables, sets, ARM)
+        import constriction  # noqa: E402
         from coinpp_pipeline.bitstream import unpack  # noqa: E402
-        pooled, used = 0, []
+        from coinpp_pipeline.latent_grid import GridEntropyModel  # noqa: E402
+
+        def coder_bytes(t, items):
+            if isinstance(t, GridEntropyModel):
+                return len(t.compress(items))
+            enc = constriction.stream.queue.RangeEncoder()
+            t.encode_to(enc, items)
+            return 4 * len(enc.get_compressed())
+
+        rest, per = 0, []
         for b, c in zip(blobs, d.test_chunks):
             g = unpack(b).sections.get("G")
             if g is None:
-                pooled += len(b)
+                rest += len(b)
                 continue
             n = int(np.prod(c.shape[:-2]))
             items = m.decompress_grids(g, n, m.config.level_shapes(c.shape[-2:]))
-            pooled += len(b) - len(g) + len(m.tables.compress(items))
-            sizes = [len(t.compress(items)) for t in (m.tables, *m.table_sets)]
-            used.append(int(np.argmin(sizes)))  # the set compress_with_sets picked
-        r0 = d.raw_bytes / pooled
-        print(f"    pooled tables only: ratio {r0:.1f} (vs SPERR-anom {f(interp(series.get('SPERR bpp anomaly', []), r0))}); "
-              f"sets used {sorted(set(used))}; bytes {sum(map(len, blobs)) / pooled - 1:+.1%}", flush=True)
+            rest += len(b) - len(g)
+            per.append([coder_bytes(t, items) for t in coders])
+        per_a = np.array(per)
+        n_tab = 1 + len(m.table_sets)
+        rows = {"pooled tables only": per_a[:, 0].sum(), "tables + sets": per_a[:, :n_tab].min(1).sum()}
+        if m.arm is not None:
+            rows["ARM only"] = per_a[:, -1].sum()
+            rows["all coders"] = per_a.min(1).sum()
+        used = sorted(set(np.argmin(per_a, 1).tolist()))
+        for name, gbytes in rows.items():
+            r0 = d.raw_bytes / (rest + gbytes)
+            print(f"    {name}: ratio {r0:.1f} (vs SPERR-anom {f(interp(series.get('SPERR bpp anomaly', []), r0))}); "
+                  f"latent bytes {gbytes}", flush=True)
+        print(f"    coders used {used} (0 = pooled tables, last = ARM if any); other bytes {rest}", flush=True)
+    t = time.time(); m.decode_many(blobs); print(f"    decode {time.time() - t:.2f}s", flush=True)

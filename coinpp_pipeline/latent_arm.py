@@ -1,0 +1,349 @@
+"""A learned autoregressive entropy model ("ARM", after Cool-chic) for latent grids.
+
+A small MLP maps a symbol's causal neighbourhood — 12 already-coded neighbours on its own
+level, the 3x3 neighbourhood of its parent on the next coarser level, and a one-hot of the
+level — to a discretised Laplace (location ``mu``, scale ``b``) over ``[-K, K]`` (the end
+symbols take the tails). Unlike count tables it generalises across neighbourhoods it rarely
+saw, which is worth ~10 % of the latent bytes (prototypes README, session 14).
+
+**Bit-exact on every machine.** The coder and decoder must build identical probabilities,
+so the network runs in integers: weights are fixed point (``FRAC`` fractional bits), the
+activations int64 with arithmetic right shifts, ReLU. The two outputs are quantized — ``mu``
+to ``1 / mu_steps``, ``log b`` to one of ``n_scales`` levels — and index an integer frequency
+table ``(mu_steps, n_scales, 4K + 1)`` computed once at fitting time and stored in the model
+file (no floating-point ``exp`` at coding time). A row of frequencies over ``[-K, K]`` is cut
+from the table by the location's integer part; its float64 normalisation is exact.
+
+Coding order: as the ``causal`` table scheme (:func:`~coinpp_pipeline.latent_grid.causal_plan`):
+levels coarsest first, diagonals ``t = col + 2 * row``, the chunk's items interleaved within a
+diagonal, so the decoder evaluates the network once per diagonal of all items.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import constriction
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BitstreamError, NotFittedError
+
+#: Causal neighbours ``(dr, dc)`` on the symbol's own level: all on earlier diagonals
+#: (``dc + 2 dr < 0``), so a whole diagonal is decoded with one network evaluation.
+NEIGHBOURS = ((0, -1), (0, -2), (0, -3), (-1, -1), (-1, 0), (-1, 1), (-1, -2),
+              (-2, 0), (-2, 1), (-2, -1), (-2, 2), (-2, 3))
+#: Fractional bits of the fixed-point weights and activations.
+FRAC = 12
+#: Defaults of the quantized outputs: location step ``1 / MU_STEPS``, ``N_SCALES`` scales
+#: log-spaced over ``[LOG_B_MIN, LOG_B_MAX]``; table frequencies scaled to ``2**TABLE_BITS``.
+MU_STEPS = 8
+N_SCALES = 64
+LOG_B_MIN, LOG_B_MAX = math.log(0.02), math.log(40.0)
+TABLE_BITS = 20
+
+
+def n_features(levels: int) -> int:
+    """Network inputs for a model of ``levels`` latent levels."""
+    return len(NEIGHBOURS) + 9 + levels
+
+
+def features(zp: np.ndarray, pp: np.ndarray | None, level: int, levels: int,
+             i: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Integer inputs ``(n, F)`` of the symbols at items ``i``, rows ``r``, columns ``c``.
+
+    ``zp (m, h + 2, w + 6)``: the level's symbols padded with 2 zero rows above and 3 zero
+    columns each side (only already-coded positions are read); ``pp (m, hc + 2, wc + 2)``:
+    the coarser level padded by one zero on every side, or None for the coarsest level."""
+    cols = [zp[i, r + dr + 2, c + dc + 3] for dr, dc in NEIGHBOURS]
+    if pp is not None:
+        r2, c2 = r // 2 + 1, c // 2 + 1
+        cols += [pp[i, r2 + dr, c2 + dc] for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+    else:
+        cols += [np.zeros_like(r)] * 9
+    onehot = np.zeros((len(r), levels), np.int64)
+    onehot[:, level] = 1
+    return np.concatenate([np.stack(cols, 1).astype(np.int64), onehot], 1)
+
+
+def _pad_level(z: np.ndarray) -> np.ndarray:
+    return np.pad(z.astype(np.int64), ((0, 0), (2, 0), (3, 3)))
+
+
+def _pad_parent(p: np.ndarray) -> np.ndarray:
+    return np.pad(p.astype(np.int64), ((0, 0), (1, 1), (1, 1)))
+
+
+def diagonal_positions(m: int, h: int, w: int, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Items, rows, columns of diagonal ``t`` of ``m`` stacked ``(h, w)`` grids, items
+    ascending then rows ascending (the order of :func:`~coinpp_pipeline.latent_grid.diagonal_order`)."""
+    rows = np.arange(max(0, -((w - 1 - t) // 2)), min(h - 1, t // 2) + 1)
+    i, r = np.repeat(np.arange(m), len(rows)), np.tile(rows, m)
+    return i, r, t - 2 * r
+
+
+@dataclass(frozen=True)
+class LatentARM:
+    """The integer network and its frequency table.
+
+    ``weights``: per layer ``(in, out)`` int64 fixed-point matrices (``FRAC`` bits), the last
+    with 2 outputs (location, log scale); ``biases``: per layer ``(out,)`` int64 at the
+    layer's output scale (``FRAC`` bits); ``table (mu_steps, n_scales, 4K + 1)`` int64 >= 1:
+    frequencies of ``d = z - floor(mu)`` for ``d`` in ``[-2K, 2K]``; ``log_b_range``: the
+    scales' ``(min, max)`` log in fixed point."""
+
+    weights: tuple[np.ndarray, ...]
+    biases: tuple[np.ndarray, ...]
+    table: np.ndarray
+    log_b_range: tuple[int, int]
+    levels: int
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != len(self.biases) or not self.weights:
+            raise ValueError("the ARM needs as many bias vectors as weight matrices, at least one")
+        width = n_features(self.levels)
+        for w, b in zip(self.weights, self.biases, strict=True):
+            if w.ndim != 2 or w.shape[0] != width or b.shape != (w.shape[1],):
+                raise ValueError(f"ARM layer shapes {w.shape} / {b.shape} do not chain from {width} inputs")
+            width = w.shape[1]
+        if width != 2:
+            raise ValueError(f"the ARM's last layer must have 2 outputs, has {width}")
+        if (self.table.ndim != 3 or self.table.shape[-1] % 4 != 1 or self.table.min(initial=1) < 1
+                or self.table.max(initial=1) > 1 << 30):
+            raise ValueError(f"ARM table of shape {self.table.shape} is not (mu_steps, n_scales, 4K+1) >= 1")
+        if not self.log_b_range[0] < self.log_b_range[1]:
+            raise ValueError(f"ARM log-scale range {self.log_b_range} is empty")
+
+    @property
+    def max_symbol(self) -> int:
+        return (int(self.table.shape[-1]) - 1) // 4
+
+    # ------------------------------------------------------------------ integer network
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Integer features ``(n, F)`` -> location index ``q (n,)`` (units of ``1/mu_steps``,
+        within ``[-K mu_steps, K mu_steps]``) and scale index ``s (n,)``, in integers only."""
+        a = x.astype(np.int64)
+        last = len(self.weights) - 1
+        for j, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            a = a @ w
+            if j:  # inputs carried FRAC bits: bring the product back to FRAC bits
+                a = a >> FRAC
+            a = a + b
+            if j < last:
+                a = np.maximum(a, 0)
+        mu_steps, n_scales = self.table.shape[:2]
+        k = self.max_symbol
+        q = np.clip((a[:, 0] * mu_steps + (1 << (FRAC - 1))) >> FRAC, -k * mu_steps, k * mu_steps)
+        lo, hi = self.log_b_range
+        s = np.clip(((a[:, 1] - lo) * (n_scales - 1) + (hi - lo) // 2) // (hi - lo), 0, n_scales - 1)
+        return q, s
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Integer features ``(n, F)`` -> coding probabilities ``(n, 2K + 1)`` (float64, exact
+        normalisation of integer frequencies: identical on every machine)."""
+        q, s = self.outputs(x)
+        mu_steps = self.table.shape[0]
+        k = self.max_symbol
+        m_int = q // mu_steps
+        frac = q - m_int * mu_steps
+        cum = np.concatenate([np.zeros((*self.table.shape[:2], 1), np.int64), np.cumsum(self.table, -1)], -1)
+        rows = cum[frac, s]  # (n, 4K + 2)
+        z = np.arange(-k, k + 1)
+        lo = z[None] - m_int[:, None] + 2 * k
+        hi = lo + 1
+        lo[:, 0] = 0  # the end symbols take the tails
+        hi[:, -1] = 4 * k + 1
+        freq = (np.take_along_axis(rows, hi, 1) - np.take_along_axis(rows, lo, 1)).astype(np.float64)
+        return freq / freq.sum(1, keepdims=True)
+
+    # ------------------------------------------------------------------ coding
+    def check(self, items: Sequence[Sequence[np.ndarray]]) -> None:
+        k = self.max_symbol
+        for grids in items:
+            if len(grids) != self.levels:
+                raise ValueError(f"expected {self.levels} latent levels, got {len(grids)}")
+            if max(np.abs(z).max(initial=0) for z in grids) > k:
+                raise ValueError(f"latent symbols outside [-{k}, {k}]")
+
+    def encode_to(self, enc: Any, items: Sequence[Sequence[np.ndarray]], plan: Any = None) -> None:
+        """Append ``items`` (each ``L`` int grids, finest first) to a constriction range encoder:
+        level-presence bits, then level by level (coarsest first) the present items' symbols
+        diagonal by diagonal (``plan``, a :class:`~coinpp_pipeline.latent_grid.CausalPlan`,
+        is accepted for the table sets' interface; only its presence bits are used)."""
+        from .latent_grid import _Presence  # the presence bits are coded as the table scheme's
+
+        present = [[bool(z.any()) for z in grids] for grids in items] if plan is None else plan.present
+        model = constriction.stream.model.Categorical(perfect=False)
+        presence = _Presence(self.levels)
+        for bits in present:
+            for lv in reversed(range(self.levels)):
+                enc.encode(np.array([bits[lv]], np.int32), model, presence.probs(lv))
+                presence.update(lv, bits[lv])
+        k = self.max_symbol
+        for lv in reversed(range(self.levels)):
+            idx = [n for n, bits in enumerate(present) if bits[lv]]
+            if not idx:
+                continue
+            z = np.stack([items[n][lv] for n in idx]).astype(np.int64)
+            pp = _pad_parent(np.stack([items[n][lv + 1] for n in idx])) if lv + 1 < self.levels else None
+            zp = _pad_level(z)
+            m, h, w = z.shape
+            pos = [diagonal_positions(m, h, w, t) for t in range(w + 2 * (h - 1))]
+            i, r, c = (np.concatenate(a) for a in zip(*pos, strict=True))
+            probs = self.probabilities(features(zp, pp, lv, self.levels, i, r, c))
+            enc.encode((z[i, r, c] + k).astype(np.int32), model, probs)
+
+    def decode_from(self, dec: Any, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
+        """Read ``n_items`` items of level ``shapes`` written by :meth:`encode_to`."""
+        from .latent_grid import _Presence
+
+        model = constriction.stream.model.Categorical(perfect=False)
+        presence = _Presence(self.levels)
+        present = []
+        for _ in range(n_items):
+            bits = [False] * self.levels
+            for lv in reversed(range(self.levels)):
+                bits[lv] = bool(dec.decode(model, presence.probs(lv))[0])
+                presence.update(lv, bits[lv])
+            present.append(bits)
+        out = [[np.zeros(s, np.int64) for s in shapes] for _ in range(n_items)]
+        k = self.max_symbol
+        for lv in reversed(range(self.levels)):
+            idx = [n for n, bits in enumerate(present) if bits[lv]]
+            if not idx:
+                continue
+            h, w = shapes[lv]
+            pp = _pad_parent(np.stack([out[n][lv + 1] for n in idx])) if lv + 1 < self.levels else None
+            zp = np.zeros((len(idx), h + 2, w + 6), np.int64)
+            for t in range(w + 2 * (h - 1)):
+                i, r, c = diagonal_positions(len(idx), h, w, t)
+                probs = self.probabilities(features(zp, pp, lv, self.levels, i, r, c))
+                zp[i, r + 2, c + 3] = np.asarray(dec.decode(model, probs), np.int64) - k
+            for j, n in enumerate(idx):
+                out[n][lv] = zp[j, 2:, 3:-3].copy()
+        return out
+
+    def code_length_bits(self, items: Sequence[Sequence[np.ndarray]]) -> float:
+        """Ideal code length (bits) of all the items' symbols (levels the coder would skip as
+        all-zero included), presence bits left out."""
+        total = 0.0
+        k = self.max_symbol
+        for lv in range(self.levels):
+            z = np.stack([g[lv] for g in items]).astype(np.int64)
+            pp = _pad_parent(np.stack([g[lv + 1] for g in items])) if lv + 1 < self.levels else None
+            i, r, c = (a.ravel() for a in np.indices(z.shape))
+            p = self.probabilities(features(_pad_level(z), pp, lv, self.levels, i, r, c))
+            total -= float(np.log2(p[np.arange(len(i)), z[i, r, c] + k]).sum())
+        return total
+
+    # ------------------------------------------------------------------ files
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        t = {f"arm.w{j}": w for j, w in enumerate(self.weights)}
+        t |= {f"arm.b{j}": b for j, b in enumerate(self.biases)}
+        t["arm.table"] = self.table.astype(np.int32)  # frequencies <= 2**TABLE_BITS
+        t["arm.meta"] = np.array([self.log_b_range[0], self.log_b_range[1], self.levels], np.int64)
+        return t
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, np.ndarray]) -> LatentARM:
+        layers = sum(1 for name in t if name.startswith("arm.w"))
+        meta = t["arm.meta"]
+        arm = cls(tuple(t[f"arm.w{j}"].astype(np.int64) for j in range(layers)),
+                   tuple(t[f"arm.b{j}"].astype(np.int64) for j in range(layers)),
+                   t["arm.table"].astype(np.int64), (int(meta[0]), int(meta[1])), int(meta[2]))
+        check_decodable(arm)
+        return arm
+
+
+# ------------------------------------------------------------------ fitting
+def laplace_table(k: int, mu_steps: int = MU_STEPS, n_scales: int = N_SCALES) -> np.ndarray:
+    """Integer frequencies ``(mu_steps, n_scales, 4K + 1)`` (>= 1) of a Laplace with location
+    ``f / mu_steps`` and the ``n_scales`` log-spaced scales, on the integers ``-2K .. 2K``."""
+    b = np.exp(np.linspace(LOG_B_MIN, LOG_B_MAX, n_scales))
+    mu = np.arange(mu_steps) / mu_steps
+    d = np.arange(-2 * k, 2 * k + 1, dtype=np.float64)
+    v = d[None, None] - mu[:, None, None]
+
+    def cdf(u: np.ndarray) -> np.ndarray:
+        e = 0.5 * np.exp(-np.abs(u) / b[None, :, None])
+        return np.where(u < 0, e, 1 - e)
+
+    p = cdf(v + 0.5) - cdf(v - 0.5)
+    return np.maximum(1, np.round(p * 2.0**TABLE_BITS)).astype(np.int64)
+
+
+def _training_rows(items: Sequence[Sequence[np.ndarray]], levels: int) -> tuple[np.ndarray, np.ndarray]:
+    xs, zs = [], []
+    for lv in range(levels):
+        z = np.stack([g[lv] for g in items]).astype(np.int64)
+        pp = _pad_parent(np.stack([g[lv + 1] for g in items])) if lv + 1 < levels else None
+        i, r, c = (a.ravel() for a in np.indices(z.shape))
+        xs.append(features(_pad_level(z), pp, lv, levels, i, r, c))
+        zs.append(z[i, r, c])
+    return np.concatenate(xs), np.concatenate(zs)
+
+
+def _laplace_bits(out: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
+    mu = out[:, 0]
+    b = torch.exp(out[:, 1].clamp(LOG_B_MIN, LOG_B_MAX))
+
+    def cdf(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 + 0.5 * torch.sign(v) * (1 - torch.exp(-v.abs() / b))
+
+    lo = torch.where(z <= -k, torch.zeros_like(z), cdf(z - 0.5 - mu))
+    hi = torch.where(z >= k, torch.ones_like(z), cdf(z + 0.5 - mu))
+    return -torch.log2((hi - lo).clamp_min(1e-9))
+
+
+def fit_arm(items: Sequence[Sequence[np.ndarray]], max_symbol: int, *, hidden: int = 24, layers: int = 2,
+            steps: int = 3000, batch: int = 8192, lr: float = 3e-3, seed: int = 0,
+            mu_steps: int = MU_STEPS, n_scales: int = N_SCALES) -> LatentARM:
+    """Train the network on integer latents (per item ``L`` grids, finest first; e.g. the
+    encoder's latents of the training fields) by the Laplace code length, then round it to
+    fixed point. ``layers`` hidden ReLU layers of width ``hidden``; ``mu_steps``,
+    ``n_scales``: the output quantization (the table's first two axes)."""
+    if not items:
+        raise NotFittedError("need quantized training latents to fit the ARM")
+    levels = len(items[0])
+    x_np, z_np = _training_rows(items, levels)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x = torch.from_numpy(x_np).float()
+    z = torch.from_numpy(np.clip(z_np, -max_symbol, max_symbol)).float()
+    dims = [x.shape[1]] + [hidden] * layers + [2]
+    mods: list[nn.Module] = []
+    for j in range(len(dims) - 1):
+        mods.append(nn.Linear(dims[j], dims[j + 1]))
+        if j < len(dims) - 2:
+            mods.append(nn.ReLU())
+    net = nn.Sequential(*mods)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        idx = torch.randint(0, len(z), (min(batch, len(z)),), generator=gen)
+        loss = _laplace_bits(net(x[idx]), z[idx], max_symbol).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    linears = [mod for mod in net if isinstance(mod, nn.Linear)]
+    scale = float(1 << FRAC)
+    weights = tuple(np.round(mod.weight.detach().double().numpy().T * scale).astype(np.int64) for mod in linears)
+    biases = tuple(np.round(mod.bias.detach().double().numpy() * scale).astype(np.int64) for mod in linears)
+    lb = (round(LOG_B_MIN * scale), round(LOG_B_MAX * scale))
+    return LatentARM(weights, biases, laplace_table(max_symbol, mu_steps, n_scales), lb, levels)
+
+
+def check_decodable(arm: LatentARM) -> None:
+    """Raise :class:`BitstreamError` when the fixed-point network could overflow int64 on
+    inputs within ``[-K, K]`` (a corrupt or hand-made model file)."""
+    bound = np.full(arm.weights[0].shape[0], float(arm.max_symbol))
+    for j, (w, b) in enumerate(zip(arm.weights, arm.biases, strict=True)):
+        raw = bound @ np.abs(w).astype(np.float64)
+        if max(raw.max(initial=0), np.abs(b).max(initial=0)) > 2.0**61:
+            raise BitstreamError("the model file's ARM weights are too large for exact integer evaluation")
+        bound = (raw / (1 << FRAC) if j else raw) + np.abs(b)

@@ -1,0 +1,103 @@
+"""The learned autoregressive entropy model (``latent_arm``): exact integer network, round
+trips through the range coder, model files, and its place among a grid model's coders."""
+
+from __future__ import annotations
+
+import constriction
+import numpy as np
+import pytest
+
+from coinpp_pipeline.errors import BitstreamError
+from coinpp_pipeline.latent_arm import LatentARM, diagonal_positions, features, fit_arm, n_features
+from coinpp_pipeline.latent_grid import (
+    GridEntropyModel,
+    compress_with_sets,
+    decompress_with_sets,
+    diagonal_order,
+)
+
+SHAPES = [(23, 45), (12, 23), (6, 12), (3, 6)]  # odd sizes: parents cover partial blocks
+
+
+def parent_correlated_items(n: int, seed: int) -> list[list[np.ndarray]]:
+    """Latent grids whose symbols follow their parent's (as a coarse-to-fine encoder's do)."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(n):
+        grids = []
+        for h, w in SHAPES:
+            base = rng.laplace(0, 1.5, (h // 2 + 1, w // 2 + 1))
+            z = np.repeat(np.repeat(base, 2, 0), 2, 1)[:h, :w] + rng.laplace(0, 0.6, (h, w))
+            grids.append(np.clip(np.round(z), -12, 12).astype(np.int64))
+        items.append(grids)
+    return items
+
+
+@pytest.fixture(scope="module")
+def arm() -> LatentARM:
+    return fit_arm(parent_correlated_items(12, 0), 12, hidden=16, steps=300, mu_steps=4, n_scales=24)
+
+
+def coded_bytes(coder: LatentARM, items: list[list[np.ndarray]]) -> int:
+    enc = constriction.stream.queue.RangeEncoder()
+    coder.encode_to(enc, items)
+    return 4 * len(enc.get_compressed())
+
+
+def test_round_trip_is_exact_and_shorter_than_tables_on_parent_correlated_latents(arm: LatentARM) -> None:
+    train, test = parent_correlated_items(12, 0), parent_correlated_items(4, 1)
+    test[1][0][:] = 0  # an empty level (not coded)
+    test[2] = [np.zeros(s, np.int64) for s in SHAPES]  # an all-zero item
+    tables = GridEntropyModel.fit(train, 12, "causal")
+    blob = compress_with_sets([tables, arm], test)
+    back = decompress_with_sets([tables, arm], blob, len(test), SHAPES)
+    for a, b in zip(test, back, strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    n_arm, n_tab = coded_bytes(arm, test), len(tables.compress(test))
+    assert n_arm < 0.95 * n_tab, (n_arm, n_tab)
+    assert len(blob) <= n_arm + 4  # the ARM was chosen; its index costs less than a word
+    # the ideal code length (levels the coder skips included) is close to the coded length
+    full = [items for i, items in enumerate(test) if i not in (1, 2)]
+    assert abs(arm.code_length_bits(full) / 8 - coded_bytes(arm, full)) < 0.01 * coded_bytes(arm, full) + 8
+
+
+def test_integer_network_is_row_independent_and_probabilities_valid(arm: LatentARM) -> None:
+    """The encoder evaluates a whole level at once, the decoder one diagonal at a time: the
+    probabilities of a symbol must not depend on which other rows share the evaluation."""
+    items = parent_correlated_items(3, 5)
+    lv, levels = 1, len(SHAPES)
+    z = np.stack([g[lv] for g in items])
+    zp = np.pad(z, ((0, 0), (2, 0), (3, 3)))
+    pp = np.pad(np.stack([g[lv + 1] for g in items]), ((0, 0), (1, 1), (1, 1)))
+    i, r, c = (a.ravel() for a in np.indices(z.shape))
+    x = features(zp, pp, lv, levels, i, r, c)
+    assert x.shape == (z.size, n_features(levels)) and x.dtype == np.int64
+    p_all = arm.probabilities(x)
+    sub = np.random.default_rng(0).permutation(len(x))[:97]
+    np.testing.assert_array_equal(arm.probabilities(x[sub]), p_all[sub])
+    assert (p_all > 0).all() and np.allclose(p_all.sum(1), 1.0, rtol=0, atol=1e-12)
+    q, s = arm.outputs(x)
+    assert np.abs(q).max() <= 12 * 4 and 0 <= s.min() and s.max() < 24
+    # the decoder's diagonals visit every position once, in the causal scheme's order, and
+    # read only positions coded before them
+    m, h, w = z.shape
+    diags = [diagonal_positions(m, h, w, t) for t in range(w + 2 * (h - 1))]
+    flat = np.concatenate([(ii * h + rr) * w + cc for ii, rr, cc in diags])
+    np.testing.assert_array_equal(flat, diagonal_order(z.shape))
+
+
+def test_arm_tensors_round_trip_and_bad_networks_are_refused(arm: LatentARM) -> None:
+    t = arm.to_tensors()
+    assert t["arm.table"].dtype == np.int32
+    back = LatentARM.from_tensors(t)
+    assert back.log_b_range == arm.log_b_range and back.levels == arm.levels
+    assert all(np.array_equal(a, b) for a, b in zip(back.weights, arm.weights, strict=True))
+    np.testing.assert_array_equal(back.table, arm.table)
+    huge = dict(t) | {"arm.w0": t["arm.w0"].astype(np.int64) * (1 << 40)}
+    with pytest.raises(BitstreamError, match="too large"):
+        LatentARM.from_tensors(huge)
+    with pytest.raises(ValueError, match="do not chain"):
+        LatentARM.from_tensors(dict(t) | {"arm.w1": t["arm.w1"][:3]})
+    with pytest.raises(ValueError, match="table"):
+        LatentARM.from_tensors(dict(t) | {"arm.table": t["arm.table"][..., :-1]})
