@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> str:
                     help="with --table-sets: encode at most this many training fields (evenly spaced)")
     ap.add_argument("--arm", action="store_true",
                     help="with --table-sets: also train a learned autoregressive entropy model on those latents")
+    ap.add_argument("--encode-rate", choices=["tables", "arm"], default=None,
+                    help="the encoder's rate term: the tables' Laplace proxy (default) or the model's ARM")
     ap.add_argument("--arm-hidden", type=int, default=24)
     ap.add_argument("--arm-steps", type=int, default=3000)
     ap.add_argument("--analysis-steps", type=int, default=0,
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> str:
                 model = _analysis(model, train, args)
             if args.table_sets:
                 model = _table_sets(model, train, args)
+        if args.encode_rate:
+            model = model.with_encoding(encode_rate=args.encode_rate)
         return _save(model, args.out)
 
     train = _train_fields(args.dataset)

@@ -129,6 +129,8 @@ class GridModel(Model):
                                  f"pooled ones {entropy.counts.shape}")
         if table_sets and entropy.scheme != "causal":
             raise ValueError("extra entropy table sets need the causal context scheme")
+        if config.encode_rate == "arm" and arm is None:
+            raise ValueError("encode_rate='arm' needs a model with an ARM")
         if arm is not None and entropy.scheme != "causal":
             raise ValueError("an ARM needs the causal context scheme")
         if arm is not None and (arm.levels != config.levels or arm.max_symbol != config.max_symbol):
@@ -191,7 +193,8 @@ class GridModel(Model):
         return model
 
     def with_encoding(self, *, encode_steps: int | None = None, encode_lr: float | None = None,
-                      encode_noise_fraction: float | None = None, rate_weight: float | None = None) -> GridModel:
+                      encode_noise_fraction: float | None = None, rate_weight: float | None = None,
+                      encode_rate: str | None = None) -> GridModel:
         """A copy of this model with other encoding defaults (same synthesis weights, mean and
         entropy tables; the network is copied, so moving one model to a device leaves the
         other where it is). Encoding settings are part of the model file,
@@ -203,6 +206,7 @@ class GridModel(Model):
             encode_lr=c.encode_lr if encode_lr is None else float(encode_lr),
             encode_noise_fraction=c.encode_noise_fraction if encode_noise_fraction is None else float(encode_noise_fraction),
             rate_weight=c.rate_weight if rate_weight is None else float(rate_weight),
+            encode_rate=c.encode_rate if encode_rate is None else encode_rate,  # type: ignore[arg-type]
         )
         net: GridSynthesis = copy.deepcopy(self.network)  # type: ignore[assignment]
         return GridModel(config, net, self.mean, float(self.std[0]), self.tables, self.report,
@@ -270,6 +274,7 @@ class GridModel(Model):
         gen = torch.Generator(device=self.device).manual_seed(0)
         clim = self._climatology()
         coeffs = self.basis_coefficients(x).requires_grad_(True)
+        rate_bits = self.arm.torch_bits if self.config.encode_rate == "arm" and self.arm else self.network.rate_bits
         zs = [t.requires_grad_(True) for t in self.initial_latents(x, rate_weight, steps)]
         if steps > 0:
             opt = torch.optim.Adam([*zs, coeffs], lr=self.config.encode_lr)
@@ -285,7 +290,7 @@ class GridModel(Model):
                         zq = [soft_round_sga(z, tau, gen) for z in zs]
                     rec = self.network(zq, clim, shape, coeffs)
                     mse = masked_mse(rec, x, m)
-                    bits = self.network.rate_bits(zq, rounded)  # type: ignore[operator]
+                    bits = rate_bits(zq, rounded)  # type: ignore[operator]
                     loss = (mse + rate_weight * bits / (shape[0] * shape[1])).sum()
                     opt.zero_grad()
                     loss.backward()

@@ -240,6 +240,34 @@ class LatentARM:
             total -= float(np.log2(p[np.arange(len(i)), z[i, r, c] + k]).sum())
         return total
 
+    # ------------------------------------------------------------------ encoder's rate
+    def torch_bits(self, noisy: Sequence[torch.Tensor], rounded: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Differentiable bits ``(B,)`` of the encoder's noisy latents ``noisy[l] (B, h, w)``
+        under this model, the neighbourhoods taken from the rounded latents (so the network
+        runs without gradients; the fixed-point weights in floating point, outputs not
+        quantized): the encoder's rate term when it optimises for the ARM."""
+        k = self.max_symbol
+        total = torch.zeros(noisy[0].shape[0], device=noisy[0].device)
+        for lv, z in enumerate(noisy):
+            with torch.no_grad():
+                x = _torch_features(rounded, lv, self.levels)
+                a = x
+                for j, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+                    wt = torch.as_tensor(w, dtype=torch.float32, device=x.device) / (1 << FRAC)
+                    a = a @ wt + torch.as_tensor(b, dtype=torch.float32, device=x.device) / (1 << FRAC)
+                    if j < len(self.weights) - 1:
+                        a = torch.relu(a)
+                mu = a[..., 0].clamp(-k, k)
+                scale = torch.exp(a[..., 1].clamp(LOG_B_MIN, LOG_B_MAX))
+
+            def cdf(v: torch.Tensor, scale: torch.Tensor = scale) -> torch.Tensor:
+                return 0.5 + 0.5 * torch.sign(v) * (1 - torch.exp(-v.abs() / scale))
+
+            lo = torch.where(z <= -k + 0.5, torch.zeros_like(z), cdf(z - 0.5 - mu))
+            hi = torch.where(z >= k - 0.5, torch.ones_like(z), cdf(z + 0.5 - mu))
+            total = total - torch.log2((hi - lo).clamp_min(1e-9)).flatten(1).sum(1)
+        return total
+
     # ------------------------------------------------------------------ files
     def to_tensors(self) -> dict[str, np.ndarray]:
         t = {f"arm.w{j}": w for j, w in enumerate(self.weights)}
@@ -257,6 +285,25 @@ class LatentARM:
                    t["arm.table"].astype(np.int64), (int(meta[0]), int(meta[1])), int(meta[2]))
         check_decodable(arm)
         return arm
+
+
+def _torch_features(rounded: Sequence[torch.Tensor], level: int, levels: int) -> torch.Tensor:
+    """:func:`features` of every position of ``rounded[level] (B, h, w)`` -> ``(B, h, w, F)``
+    float (training-time twin of the coder's integer features)."""
+    z = rounded[level]
+    b, h, w = z.shape
+    zp = torch.nn.functional.pad(z, (3, 3, 2, 0))
+    cols = [zp[:, 2 + dr : 2 + dr + h, 3 + dc : 3 + dc + w] for dr, dc in NEIGHBOURS]
+    if level + 1 < levels:
+        p = torch.nn.functional.pad(rounded[level + 1], (1, 1, 1, 1))
+        ri = torch.arange(h, device=z.device) // 2 + 1
+        ci = torch.arange(w, device=z.device) // 2 + 1
+        cols += [p[:, ri + dr][:, :, ci + dc] for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+    else:
+        cols += [torch.zeros_like(z)] * 9
+    onehot = torch.zeros((b, h, w, levels), device=z.device)
+    onehot[..., level] = 1
+    return torch.cat([torch.stack(cols, -1), onehot], -1)
 
 
 # ------------------------------------------------------------------ fitting

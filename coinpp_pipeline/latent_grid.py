@@ -92,6 +92,9 @@ class GridConfig:
       the network, :func:`~coinpp_pipeline.grid_model.fit_basis`), and every field stores
       its ``k`` coefficients ``c`` (float16, chunk section ``P``), fitted with the latents.
       Needs ``climatology``.
+    * ``encode_rate``: the encoder's rate term — ``"tables"``: the Laplace per table context
+      (``log_scale`` / ``loc``); ``"arm"``: the model's learned autoregressive coder
+      (:meth:`~coinpp_pipeline.latent_arm.LatentARM.torch_bits`; needs one).
     """
 
     factors: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
@@ -109,6 +112,7 @@ class GridConfig:
     encode_noise_fraction: float = 0.5
     analysis_channels: int = 0
     basis: int = 0
+    encode_rate: Literal["tables", "arm"] = "tables"
 
     def __post_init__(self) -> None:
         f = self.factors
@@ -118,6 +122,8 @@ class GridConfig:
             raise ValueError("hidden, max_symbol must be >= 1; encode_steps, refine_channels, analysis_channels >= 0")
         if self.basis < 0 or (self.basis and not self.climatology):
             raise ValueError(f"basis must be >= 0 and needs climatology=True, got {self.basis}")
+        if self.encode_rate not in ("tables", "arm"):
+            raise ValueError(f"encode_rate must be 'tables' or 'arm', got {self.encode_rate!r}")
         if self.refine_channels and not self.conv:
             raise ValueError("refine_channels needs conv=True")
         if self.contexts not in CONTEXT_SHAPE:
@@ -161,7 +167,7 @@ class GridConfig:
 
 #: Config fields newer than the first grid model files, and the value a file without them means.
 _IMPLIED: dict[str, Any] = {"refine_channels": 0, "contexts": "row", "encode_noise_fraction": 0.5,
-                            "analysis_channels": 0, "basis": 0}
+                            "analysis_channels": 0, "basis": 0, "encode_rate": "tables"}
 
 
 # ------------------------------------------------------------------------------ contexts

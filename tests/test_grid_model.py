@@ -555,6 +555,14 @@ def test_grid_model_with_an_arm(gmodel: GridModel, train_data: np.ndarray, held_
         g = unpack(blob).sections["G"]
         items = re.decompress_grids(g, held_out.shape[0], shapes)
         assert len(g) <= min(len(m.tables.compress(items)), arm_bytes(m.arm, items)) + 4
+    # the encoder can optimise for the ARM instead of the tables' proxy (needs an ARM)
+    am = m.with_encoding(encode_rate="arm")
+    assert am.config.encode_rate == "arm" and Model.from_bytes(am.to_bytes()).config.encode_rate == "arm"
+    small, large = (am.encode(held_out, rate_weight=lam) for lam in (0.3, 30.0))
+    assert len(large) < len(small)
+    assert psnr(held_out, am.decode(small)) > psnr(held_out, am.decode(large))
+    with pytest.raises(ValueError, match="needs a model with an ARM"):
+        gmodel.with_encoding(encode_rate="arm")
     # keeping the ARM when only table sets are refitted; asking for nothing is an error
     both = fit_coders(m, train_data[:2], [1.0], table_sets=True)
     assert both.arm is m.arm and len(both.table_sets) == 1 and len(both.coders()) == 3

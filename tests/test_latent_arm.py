@@ -101,3 +101,23 @@ def test_arm_tensors_round_trip_and_bad_networks_are_refused(arm: LatentARM) -> 
         LatentARM.from_tensors(dict(t) | {"arm.w1": t["arm.w1"][:3]})
     with pytest.raises(ValueError, match="table"):
         LatentARM.from_tensors(dict(t) | {"arm.table": t["arm.table"][..., :-1]})
+
+
+def test_torch_features_and_bits_match_the_coder(arm: LatentARM) -> None:
+    """The encoder's rate term sees the coder's features; on integer latents its bits are
+    close to the coder's ideal code length (outputs not quantized there)."""
+    import torch
+
+    from coinpp_pipeline.latent_arm import _torch_features
+
+    items = parent_correlated_items(2, 7)
+    grids = [torch.from_numpy(np.stack([g[lv] for g in items])).float() for lv in range(len(SHAPES))]
+    for lv in range(len(SHAPES)):
+        z = np.stack([g[lv] for g in items])
+        pp = np.pad(np.stack([g[lv + 1] for g in items]), ((0, 0), (1, 1), (1, 1))) if lv + 1 < len(SHAPES) else None
+        i, r, c = (a.ravel() for a in np.indices(z.shape))
+        x = features(np.pad(z, ((0, 0), (2, 0), (3, 3))), pp, lv, len(SHAPES), i, r, c)
+        np.testing.assert_array_equal(_torch_features(grids, lv, len(SHAPES)).reshape(-1, x.shape[1]).numpy(), x)
+    bits = float(arm.torch_bits(grids, grids).sum())
+    ideal = arm.code_length_bits(items)
+    assert abs(bits - ideal) < 0.03 * ideal, (bits, ideal)
