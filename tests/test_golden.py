@@ -71,9 +71,9 @@ def test_model_file_sha256(model: Model) -> None:
 
 
 def test_fixtures_are_small() -> None:
-    # the largest: the grid models' entropy tables (≈ 39 KB per table set; three model files
-    # repeat the causal model's ≈ 55 KB: pooled, with a table set, with a basis)
-    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 420_000
+    # the largest: the grid models' entropy tables (≈ 39 KB per table set; four model files
+    # repeat the causal model's ≈ 55 KB: pooled, with a table set, with a basis, with an ARM)
+    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 500_000
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -289,3 +289,25 @@ def test_grid_chunk_with_basis_coefficients() -> None:
     assert pack(dataclasses.replace(chunk, model_id=m.model_id)) == blob
     with pytest.raises(ModelMismatchError):
         base.decode(blob)
+
+
+def test_grid_chunk_coded_with_the_arm() -> None:
+    """A model with a learned autoregressive coder (``make_golden_grid.py arm``): its chunk's
+    ``G`` section starts with the ARM's coder index (1, after the pooled tables) and decodes
+    to the stored symbols and array; re-coding those symbols gives the same bytes (the
+    integer network and table are bit-exact)."""
+    import constriction
+
+    m = Model.load(str(FIXTURES / "golden_grid_arm_model.coinpp"),
+                   sha256="71ae4ddcd8a0c01f29ed718d6426e4421814f7a29c45e0e17c6e189baf820490")
+    assert isinstance(m, GridModel) and m.arm is not None and not m.table_sets
+    assert m.arm.table.shape == (4, 16, 17) and len(m.arm.weights) == 3
+    blob = (FIXTURES / "golden_grid_arm_fields.bin").read_bytes()
+    g = unpack(blob).sections["G"]
+    dec = constriction.stream.queue.RangeDecoder(np.frombuffer(g, "<u4").astype(np.uint32))
+    assert int(dec.decode(constriction.stream.model.Categorical(perfect=False), np.full((1, 2), 0.5))[0]) == 1
+    items = m.decompress_grids(g, 2, m.config.level_shapes((32, 48)))
+    expected = np.load(FIXTURES / "golden_grid_arm_fields_symbols.npy")
+    np.testing.assert_array_equal(np.concatenate([z.ravel() for it in items for z in it]), expected)
+    assert m.compress_grids(items) == g
+    np.testing.assert_allclose(m.decode(blob), np.load(FIXTURES / "golden_grid_arm_fields.npy"), rtol=0, atol=2e-3)
