@@ -21,6 +21,7 @@ diagonal, so the decoder evaluates the network once per diagonal of all items.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,8 +151,7 @@ class LatentARM:
         k = self.max_symbol
         m_int = q // mu_steps
         frac = q - m_int * mu_steps
-        cum = np.concatenate([np.zeros((*self.table.shape[:2], 1), np.int64), np.cumsum(self.table, -1)], -1)
-        rows = cum[frac, s]  # (n, 4K + 2)
+        rows = self._cumulative[frac, s]  # (n, 4K + 2)
         z = np.arange(-k, k + 1)
         lo = z[None] - m_int[:, None] + 2 * k
         hi = lo + 1
@@ -159,6 +159,12 @@ class LatentARM:
         hi[:, -1] = 4 * k + 1
         freq = (np.take_along_axis(rows, hi, 1) - np.take_along_axis(rows, lo, 1)).astype(np.float64)
         return freq / freq.sum(1, keepdims=True)
+
+    @functools.cached_property
+    def _cumulative(self) -> np.ndarray:
+        """``(mu_steps, n_scales, 4K + 2)`` int64: 0, then the table's running sums."""
+        t = self.table.astype(np.int64)
+        return np.concatenate([np.zeros((*t.shape[:2], 1), np.int64), np.cumsum(t, -1)], -1)
 
     # ------------------------------------------------------------------ coding
     def check(self, items: Sequence[Sequence[np.ndarray]]) -> None:
