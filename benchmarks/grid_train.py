@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> str:
                     help="with --table-sets: also train a learned autoregressive entropy model on those latents")
     ap.add_argument("--encode-rate", choices=["tables", "arm"], default=None,
                     help="the encoder's rate term: the tables' Laplace proxy (default) or the model's ARM")
+    ap.add_argument("--latents-cache", default=None, metavar="NPZ",
+                    help="with --table-sets: reuse / save the encoder's training latents per rate weight here "
+                         "(only valid for the same --from-model and training fields)")
     ap.add_argument("--arm-hidden", type=int, default=24)
     ap.add_argument("--arm-steps", type=int, default=3000)
     ap.add_argument("--analysis-steps", type=int, default=0,
@@ -164,9 +167,20 @@ def _table_sets(model: GridModel, train: np.ndarray, args: argparse.Namespace) -
         train = train[np.linspace(0, train.shape[0] - 1, args.table_fields).round().astype(int)]
     what = "entropy tables per rate weight" + (" and an ARM" if args.arm else "")
     print(f"{what} {args.table_sets} from {train.shape[0]} encoded training fields", flush=True)
-    return fit_coders(model, train, args.table_sets, table_sets=True, arm=args.arm, arm_hidden=args.arm_hidden,
-                      arm_steps=args.arm_steps, log=lambda r: print(
-                          f"  {r.get('rate_weight', r.get('arm'))}: {r['time_s']:.0f}s", flush=True))
+    cache: dict[float, list[np.ndarray]] | None = None
+    if args.latents_cache:
+        cache = {}
+        if Path(args.latents_cache).exists():
+            with np.load(args.latents_cache) as f:
+                keys = sorted((float(k.split("/")[0]), int(k.split("/")[1]), k) for k in f.files)  # "<lambda>/<level>"
+                for lam, _, key in keys:
+                    cache.setdefault(lam, []).append(f[key])
+    out = fit_coders(model, train, args.table_sets, table_sets=True, arm=args.arm, arm_hidden=args.arm_hidden,
+                     arm_steps=args.arm_steps, latents=cache, log=lambda r: print(
+                         f"  {r.get('rate_weight', r.get('arm'))}: {r['time_s']:.0f}s", flush=True))
+    if cache is not None:
+        np.savez(args.latents_cache, **{f"{lam}/{lv}": g for lam, grids in cache.items() for lv, g in enumerate(grids)})
+    return out
 
 
 def _analysis(model: GridModel, train: np.ndarray, args: argparse.Namespace) -> GridModel:

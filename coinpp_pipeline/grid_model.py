@@ -737,14 +737,16 @@ def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[fl
 
 def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float], *, table_sets: bool = True,
                arm: bool = False, steps: int | None = None, log: Any = None, arm_hidden: int = 24,
-               arm_steps: int = 3000) -> GridModel:
+               arm_steps: int = 3000, latents: dict[float, list[np.ndarray]] | None = None) -> GridModel:
     """A copy of ``model`` with entropy coders fitted on the latents its own encoder finds
     for training fields ``data (N, H, W)`` at each rate weight (``steps``: encoder steps,
     default the model's): ``table_sets`` one table set per rate weight (replacing the
     model's), ``arm`` a learned autoregressive model (:func:`~coinpp_pipeline.latent_arm.fit_arm`)
     trained on the latents of all rate weights together (replacing the model's). Coders not
     asked for are kept. Each chunk is coded with whichever coder is shortest. With a basis,
-    the training fields are encoded with bases computed without them (:func:`_cross_fitted`)."""
+    the training fields are encoded with bases computed without them (:func:`_cross_fitted`).
+    ``latents``: a cache ``{rate weight: L grids (N, h_l, w_l)}`` of these fields' encodings by
+    this model (rate weights found there are not encoded again; new ones are added)."""
     lams = [float(lam) for lam in dict.fromkeys(rate_weights)]
     if not lams or any(not (math.isfinite(lam) and lam >= 0) for lam in lams):
         raise ValueError(f"rate weights must be finite numbers >= 0, got {list(rate_weights)}")
@@ -758,10 +760,15 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     t0 = time.perf_counter()
     folds = _cross_fitted(model, normed, valid)
     for lam in lams:
-        grids = [np.concatenate(g) for g in zip(*(m.fit_fields(normed[f], valid[f], n_steps, lam) for m, f in folds),
-                                                strict=True)]
-        order = np.argsort(np.concatenate([f for _, f in folds]))
-        grids = [g[order] for g in grids]
+        if latents is not None and lam in latents:
+            grids = latents[lam]
+        else:
+            grids = [np.concatenate(g) for g in zip(*(m.fit_fields(normed[f], valid[f], n_steps, lam)
+                                                      for m, f in folds), strict=True)]
+            order = np.argsort(np.concatenate([f for _, f in folds]))
+            grids = [g[order] for g in grids]
+            if latents is not None:
+                latents[lam] = grids
         items = [[g[i] for g in grids] for i in range(x.shape[0])]
         pooled += items
         if table_sets:

@@ -543,7 +543,14 @@ def arm_bytes(coder: LatentARM, items: list[list[np.ndarray]]) -> int:
 
 
 def test_grid_model_with_an_arm(gmodel: GridModel, train_data: np.ndarray, held_out: np.ndarray) -> None:
-    m = fit_coders(gmodel, train_data[:4], [0.3, 3.0], table_sets=False, arm=True, arm_steps=300, arm_hidden=8)
+    cache: dict[float, list[np.ndarray]] = {}
+    m = fit_coders(gmodel, train_data[:4], [0.3, 3.0], table_sets=False, arm=True, arm_steps=300, arm_hidden=8,
+                   latents=cache)
+    assert sorted(cache) == [0.3, 3.0] and cache[0.3][0].shape == (4, 23, 45)
+    again = fit_coders(gmodel, train_data[:4], [0.3, 3.0], table_sets=False, arm=True, arm_steps=300, arm_hidden=8,
+                       latents={lam: [np.zeros_like(g) for g in grids] for lam, grids in cache.items()})
+    assert again.arm is not None and m.arm is not None
+    assert not all(np.array_equal(a, b) for a, b in zip(again.arm.weights, m.arm.weights, strict=True))  # cache used
     assert m.arm is not None and not m.table_sets and m.report["arm"]["rate_weights"] == [0.3, 3.0]
     assert m.coders() == (m.tables, m.arm)
     re = Model.from_bytes(m.to_bytes(), sha256=m.sha256)
