@@ -171,6 +171,9 @@ def test_config_validation() -> None:
         with pytest.raises(ValueError, match="encode_lr"):
             GridConfig(encode_lr=bad)
     assert GridConfig().contexts == "causal" and GridConfig().to_dict()["contexts"] == "causal"
+    assert "encode_rate" not in GridConfig().to_dict() and GridConfig.from_dict(CONFIG.to_dict()).encode_rate == "tables"
+    with pytest.raises(ValueError, match="encode_rate"):
+        GridConfig(encode_rate="neural")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("config", "shape"), [
