@@ -188,7 +188,7 @@ class GridModel(Model):
             model = cls(config, net, tensors["norm.mean"].numpy(), float(tensors["norm.std"].reshape(-1)[0]),
                         tables, desc.get("report"), table_sets, arm)
         except (ValueError, KeyError) as exc:  # extra coders that do not fit the model
-            raise BitstreamError(f"model file's entropy coders: {exc}") from exc
+            raise BitstreamError(f"model file's entropy table sets or ARM: {exc}") from exc
         model._bytes = bytes(data)
         return model
 
