@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .errors import BitstreamError, NotFittedError
+from .latent_grid import decode_presence, encode_presence
 
 #: Causal neighbours ``(dr, dc)`` on the symbol's own level: all on earlier diagonals
 #: (``dc + 2 dr < 0``), so a whole diagonal is decoded with one network evaluation.
@@ -180,15 +181,9 @@ class LatentARM:
         level-presence bits, then level by level (coarsest first) the present items' symbols
         diagonal by diagonal (``plan``, a :class:`~coinpp_pipeline.latent_grid.CausalPlan`,
         is accepted for the table sets' interface; only its presence bits are used)."""
-        from .latent_grid import _Presence  # the presence bits are coded as the table scheme's
-
         present = [[bool(z.any()) for z in grids] for grids in items] if plan is None else plan.present
         model = constriction.stream.model.Categorical(perfect=False)
-        presence = _Presence(self.levels)
-        for bits in present:
-            for lv in reversed(range(self.levels)):
-                enc.encode(np.array([bits[lv]], np.int32), model, presence.probs(lv))
-                presence.update(lv, bits[lv])
+        encode_presence(enc, present, self.levels)  # as the table scheme codes them
         k = self.max_symbol
         for lv in reversed(range(self.levels)):
             idx = [n for n, bits in enumerate(present) if bits[lv]]
@@ -205,17 +200,8 @@ class LatentARM:
 
     def decode_from(self, dec: Any, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
         """Read ``n_items`` items of level ``shapes`` written by :meth:`encode_to`."""
-        from .latent_grid import _Presence
-
         model = constriction.stream.model.Categorical(perfect=False)
-        presence = _Presence(self.levels)
-        present = []
-        for _ in range(n_items):
-            bits = [False] * self.levels
-            for lv in reversed(range(self.levels)):
-                bits[lv] = bool(dec.decode(model, presence.probs(lv))[0])
-                presence.update(lv, bits[lv])
-            present.append(bits)
+        present = decode_presence(dec, n_items, self.levels)
         out = [[np.zeros(s, np.int64) for s in shapes] for _ in range(n_items)]
         k = self.max_symbol
         for lv in reversed(range(self.levels)):

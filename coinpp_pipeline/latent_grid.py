@@ -525,11 +525,7 @@ class GridEntropyModel:
         plan = causal_plan(items, self.max_symbol) if plan is None else plan
         probs = self._probs
         model = constriction.stream.model.Categorical(perfect=False)
-        presence = _Presence(self.levels)
-        for present in plan.present:
-            for lv in reversed(range(self.levels)):
-                enc.encode(np.array([present[lv]], np.int32), model, presence.probs(lv))
-                presence.update(lv, present[lv])
+        encode_presence(enc, plan.present, self.levels)
         for lv, symbols, ctx in plan.levels:
             enc.encode(symbols, model, probs[lv][ctx])
 
@@ -568,14 +564,7 @@ class GridEntropyModel:
         k, probs = self.max_symbol, self._probs
         model = constriction.stream.model.Categorical(perfect=False)
         out = [[np.zeros(s, np.int64) for s in shapes] for _ in range(n_items)]
-        presence = _Presence(self.levels)
-        bits = []
-        for _ in range(n_items):
-            item_bits = [False] * self.levels
-            for lv in reversed(range(self.levels)):
-                item_bits[lv] = bool(dec.decode(model, presence.probs(lv))[0])
-                presence.update(lv, item_bits[lv])
-            bits.append(item_bits)
+        bits = decode_presence(dec, n_items, self.levels)
         for lv in reversed(range(self.levels)):
             idx = [i for i, present in enumerate(bits) if present[lv]]
             if not idx:
@@ -633,6 +622,31 @@ def _decode_rows(dec: Any, model: Any, probs: np.ndarray, grids: list[np.ndarray
         sym = dec.decode(model, probs[cc[i], row_context(prev, w)])
         z[i] = np.asarray(sym, np.int64) - k
         prev = z[i]
+
+
+def encode_presence(enc: Any, present: Sequence[Sequence[bool]], levels: int) -> None:
+    """Append every item's level-presence bits (coarsest level first, :class:`_Presence`
+    probabilities) to a constriction range encoder."""
+    model = constriction.stream.model.Categorical(perfect=False)
+    presence = _Presence(levels)
+    for bits in present:
+        for lv in reversed(range(levels)):
+            enc.encode(np.array([bits[lv]], np.int32), model, presence.probs(lv))
+            presence.update(lv, bits[lv])
+
+
+def decode_presence(dec: Any, n_items: int, levels: int) -> list[list[bool]]:
+    """Inverse of :func:`encode_presence`: per item, which of its ``levels`` are coded."""
+    model = constriction.stream.model.Categorical(perfect=False)
+    presence = _Presence(levels)
+    out = []
+    for _ in range(n_items):
+        bits = [False] * levels
+        for lv in reversed(range(levels)):
+            bits[lv] = bool(dec.decode(model, presence.probs(lv))[0])
+            presence.update(lv, bits[lv])
+        out.append(bits)
+    return out
 
 
 class _Presence:
