@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .errors import BitstreamError, NotFittedError
-from .latent_grid import decode_presence, encode_presence
+from .latent_grid import check_latents, decode_presence, encode_presence
 
 #: Causal neighbours ``(dr, dc)`` on the symbol's own level: all on earlier diagonals
 #: (``dc + 2 dr < 0``), so a whole diagonal is decoded with one network evaluation.
@@ -168,19 +168,14 @@ class LatentARM:
         return np.concatenate([np.zeros((*t.shape[:2], 1), np.int64), np.cumsum(t, -1)], -1)
 
     # ------------------------------------------------------------------ coding
-    def check(self, items: Sequence[Sequence[np.ndarray]]) -> None:
-        k = self.max_symbol
-        for grids in items:
-            if len(grids) != self.levels:
-                raise ValueError(f"expected {self.levels} latent levels, got {len(grids)}")
-            if max(np.abs(z).max(initial=0) for z in grids) > k:
-                raise ValueError(f"latent symbols outside [-{k}, {k}]")
-
     def encode_to(self, enc: Any, items: Sequence[Sequence[np.ndarray]], plan: Any = None) -> None:
         """Append ``items`` (each ``L`` int grids, finest first) to a constriction range encoder:
         level-presence bits, then level by level (coarsest first) the present items' symbols
         diagonal by diagonal (``plan``, a :class:`~coinpp_pipeline.latent_grid.CausalPlan`,
-        is accepted for the table sets' interface; only its presence bits are used)."""
+        is accepted for the table sets' interface — its items are checked already; only its
+        presence bits are used)."""
+        if plan is None:
+            check_latents(items, self.levels, self.max_symbol)
         present = [[bool(z.any()) for z in grids] for grids in items] if plan is None else plan.present
         model = constriction.stream.model.Categorical(perfect=False)
         encode_presence(enc, present, self.levels)  # as the table scheme codes them

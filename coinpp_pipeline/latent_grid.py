@@ -511,12 +511,7 @@ class GridEntropyModel:
 
     def check(self, items: Sequence[Sequence[np.ndarray]]) -> None:
         """Raise ``ValueError`` unless every item has this model's levels, symbols in ``[-K, K]``."""
-        k = self.max_symbol
-        for grids in items:
-            if len(grids) != self.levels:
-                raise ValueError(f"expected {self.levels} latent levels, got {len(grids)}")
-            if max(np.abs(z).max(initial=0) for z in grids) > k:
-                raise ValueError(f"latent symbols outside [-{k}, {k}]")
+        check_latents(items, self.levels, self.max_symbol)
 
     def encode_to(self, enc: Any, items: Sequence[Sequence[np.ndarray]], plan: CausalPlan | None = None) -> None:
         """Append ``items`` (checked with :meth:`check`) to a constriction range encoder,
@@ -583,7 +578,7 @@ def compress_with_sets(sets: Sequence[GridEntropyModel | LatentARM], items: Sequ
     ``len(sets)``, then that coder's ``encode_to``. ``sets[0]``: tables."""
     index = constriction.stream.model.Categorical(perfect=False)
     uniform = np.full((1, len(sets)), 1.0 / len(sets))
-    sets[0].check(items)
+    check_latents(items, sets[0].levels, sets[0].max_symbol)
     plan = causal_plan(items, sets[0].max_symbol)  # the same symbols and contexts for every set
     coded = []
     for i, t in enumerate(sets):
@@ -622,6 +617,15 @@ def _decode_rows(dec: Any, model: Any, probs: np.ndarray, grids: list[np.ndarray
         sym = dec.decode(model, probs[cc[i], row_context(prev, w)])
         z[i] = np.asarray(sym, np.int64) - k
         prev = z[i]
+
+
+def check_latents(items: Sequence[Sequence[np.ndarray]], levels: int, max_symbol: int) -> None:
+    """Raise ``ValueError`` unless every item has ``levels`` grids of symbols in ``[-K, K]``."""
+    for grids in items:
+        if len(grids) != levels:
+            raise ValueError(f"expected {levels} latent levels, got {len(grids)}")
+        if max(np.abs(z).max(initial=0) for z in grids) > max_symbol:
+            raise ValueError(f"latent symbols outside [-{max_symbol}, {max_symbol}]")
 
 
 def encode_presence(enc: Any, present: Sequence[Sequence[bool]], levels: int) -> None:

@@ -121,3 +121,13 @@ def test_torch_features_and_bits_match_the_coder(arm: LatentARM) -> None:
     bits = float(arm.torch_bits(grids, grids).sum())
     ideal = arm.code_length_bits(items)
     assert abs(bits - ideal) < 0.03 * ideal, (bits, ideal)
+
+
+def test_symbols_outside_the_alphabet_are_refused(arm: LatentARM) -> None:
+    items = parent_correlated_items(1, 3)
+    items[0][0][0, 0] = 13  # K = 12
+    enc = constriction.stream.queue.RangeEncoder()
+    with pytest.raises(ValueError, match="outside"):
+        arm.encode_to(enc, items)
+    with pytest.raises(ValueError, match="levels"):
+        arm.encode_to(enc, [items[0][:2]])
