@@ -765,8 +765,6 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
         else:
             grids = [np.concatenate(g) for g in zip(*(m.fit_fields(normed[f], valid[f], n_steps, lam)
                                                       for m, f in folds), strict=True)]
-            order = np.argsort(np.concatenate([f for _, f in folds]))
-            grids = [g[order] for g in grids]
             if latents is not None:
                 latents[lam] = grids
         items = [[g[i] for g in grids] for i in range(x.shape[0])]
@@ -800,27 +798,28 @@ CROSS_FIT_FIELDS = 32
 CROSS_FIT_FOLDS = 8
 
 
-def _cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray) -> list[tuple[GridModel, np.ndarray]]:
-    """``(model, field indices)`` pairs to encode the training fields ``normed (N, H, W)``
-    with, for fitting entropy coders. Without a basis: the model for all. With one, the
+def _cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray) -> list[tuple[GridModel, slice]]:
+    """``(model, fields)`` pairs — contiguous slices covering ``0 .. N`` in order — to encode the
+    training fields ``normed (N, H, W)`` with, for fitting entropy coders. Without a basis: the model for all. With one, the
     training fields' own principal components would absorb their anomalies (16 components
     of 17 t2m fields span them all: the latents come out nearly empty, unlike any held-out
     field's), so each field is encoded with a basis of the same size computed without it —
     leave-one-out up to :data:`CROSS_FIT_FIELDS` fields, else :data:`CROSS_FIT_FOLDS` folds."""
     n, k = normed.shape[0], model.config.basis
     if not k:
-        return [(model, np.arange(n))]
+        return [(model, slice(0, n))]
     n_folds = n if n <= CROSS_FIT_FIELDS else CROSS_FIT_FOLDS
     if n - -(-n // n_folds) < k:
         raise ValueError(f"cross-fitting a {k}-component basis needs more than {k} training fields per fold; got {n}")
     out = []
     for fold in np.array_split(np.arange(n), n_folds):
-        rest = np.setdiff1d(np.arange(n), fold)
+        part = slice(int(fold[0]), int(fold[-1]) + 1)
+        rest = np.r_[0 : part.start, part.stop : n]
         basis, _ = principal_components(normed[rest], valid[rest], k)
         net = GridSynthesis(model.config)
         net.load_state_dict(model.network.state_dict() | {"basis": torch.from_numpy(basis)})
         out.append((GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, None,
-                              model.table_sets, model.arm).to(model.device), fold))
+                              model.table_sets, model.arm).to(model.device), part))
     return out
 
 

@@ -149,3 +149,13 @@ def roundtrip(model: Model, array: np.ndarray, **kw: Any) -> tuple[np.ndarray, R
         bits_per_value=8.0 * len(blob) / max(array.size, 1),
     )
     return out, stats
+
+
+def arm_coded_bytes(arm: Any, items: list[list[np.ndarray]]) -> int:
+    """Bytes of ``items`` (per item, its latent grids) coded by an ARM alone
+    (:meth:`coinpp_pipeline.latent_arm.LatentARM.encode_to`, presence bits included)."""
+    import constriction
+
+    enc = constriction.stream.queue.RangeEncoder()
+    arm.encode_to(enc, items)
+    return 4 * len(enc.get_compressed())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import constriction
 import numpy as np
 import pytest
+from helpers import arm_coded_bytes
 
 from coinpp_pipeline.errors import BitstreamError
 from coinpp_pipeline.latent_arm import LatentARM, diagonal_positions, features, fit_arm, n_features
@@ -38,12 +39,6 @@ def arm() -> LatentARM:
     return fit_arm(parent_correlated_items(12, 0), 12, hidden=16, steps=300, mu_steps=4, n_scales=24)
 
 
-def coded_bytes(coder: LatentARM, items: list[list[np.ndarray]]) -> int:
-    enc = constriction.stream.queue.RangeEncoder()
-    coder.encode_to(enc, items)
-    return 4 * len(enc.get_compressed())
-
-
 def test_round_trip_is_exact_and_shorter_than_tables_on_parent_correlated_latents(arm: LatentARM) -> None:
     train, test = parent_correlated_items(12, 0), parent_correlated_items(4, 1)
     test[1][0][:] = 0  # an empty level (not coded)
@@ -54,12 +49,12 @@ def test_round_trip_is_exact_and_shorter_than_tables_on_parent_correlated_latent
     for a, b in zip(test, back, strict=True):
         for x, y in zip(a, b, strict=True):
             np.testing.assert_array_equal(x, y)
-    n_arm, n_tab = coded_bytes(arm, test), len(tables.compress(test))
+    n_arm, n_tab = arm_coded_bytes(arm, test), len(tables.compress(test))
     assert n_arm < 0.95 * n_tab, (n_arm, n_tab)
     assert len(blob) <= n_arm + 4  # the ARM was chosen; its index costs less than a word
     # the ideal code length (levels the coder skips included) is close to the coded length
     full = [items for i, items in enumerate(test) if i not in (1, 2)]
-    assert abs(arm.code_length_bits(full) / 8 - coded_bytes(arm, full)) < 0.01 * coded_bytes(arm, full) + 8
+    assert abs(arm.code_length_bits(full) / 8 - arm_coded_bytes(arm, full)) < 0.01 * arm_coded_bytes(arm, full) + 8
 
 
 def test_integer_network_is_row_independent_and_probabilities_valid(arm: LatentARM) -> None:
