@@ -27,11 +27,15 @@ latents, all rate weights together (:func:`coinpp_pipeline.grid_model.fit_coders
     python benchmarks/grid_train.py --dataset era5:t2m --from-model <sha>.coinpp --table-sets 0.1 0.3 1 3 10 30 100 --arm
 
 ``--basis K``: the synthesis adds the training anomalies' top K principal components, with K
-float16 coefficients per field in each chunk (:func:`coinpp_pipeline.grid_model.fit_basis`):
+coefficients per field in each chunk, quantized and entropy-coded
+(:func:`coinpp_pipeline.grid_model.fit_basis`, :mod:`coinpp_pipeline.basis_coding`):
 trained with it, or with ``--from-model`` added to a trained model (before any analysis
 network or table sets)::
 
     python benchmarks/grid_train.py --dataset era5:t2m --from-model <sha>.coinpp --basis 16
+
+``--coeff-coder`` with ``--from-model`` gives a basis model written before the coefficient
+coder (float16 coefficients) one (:func:`coinpp_pipeline.grid_model.fit_coefficient_coder`).
 
 ``--analysis-steps N`` (after training, or with ``--from-model``; before any table sets) adds an
 analysis network whose guess is the encoder's starting point, see
@@ -59,6 +63,7 @@ from coinpp_pipeline.grid_model import (  # noqa: E402
     fit_analysis,
     fit_basis,
     fit_coders,
+    fit_coefficient_coder,
     train_grid_model,
 )
 from coinpp_pipeline.latent_grid import GridConfig  # noqa: E402
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> str:
                     help="share of the analysis fitting steps with straight-through rounding")
     ap.add_argument("--basis", type=int, default=0,
                     help="principal components of the training anomalies added by the synthesis")
+    ap.add_argument("--coeff-coder", action="store_true",
+                    help="with --from-model: entropy-code the basis coefficients (a model with a basis)")
     ap.add_argument("--from-model", default=None,
                     help="no training: copy this grid model with the encoding defaults given")
     ap.add_argument("--climatology", choices=["auto", "yes", "no"], default="auto")
@@ -121,8 +128,11 @@ def main(argv: list[str] | None = None) -> str:
         if not isinstance(base, GridModel):
             ap.error(f"--from-model {args.from_model} is not a grid model")
         model = base.with_encoding(**encoding)
-        if args.analysis_steps or args.table_sets or args.basis:
+        if args.analysis_steps or args.table_sets or args.basis or args.coeff_coder:
             train = _train_fields(args.dataset)
+            if args.coeff_coder:
+                model = fit_coefficient_coder(model, train)
+                print(f"coefficient coder: scale codes {model.coeff_coder.scale_codes.tolist()}", flush=True)
             if args.basis:
                 model = fit_basis(model, train, args.basis)
                 print(f"basis of {args.basis} principal components: {model.report['basis']['energy']:.3f} "

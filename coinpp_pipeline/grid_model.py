@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import bitstream, checkpoints
+from .basis_coding import CoefficientCoder, step_code
 from .errors import BitstreamError
 from .latent_arm import LatentARM, fit_arm
 from .latent_grid import (
@@ -50,6 +51,8 @@ BOUNDED_RATE_DIVISOR = 3.0
 BOUNDED_RATE_TRIES = 4
 #: Format byte of section ``P`` (basis coefficients): 0 = little-endian float16, fields x k.
 COEFFS_FLOAT16 = 0
+#: ... 1 = quantized and range-coded (:mod:`~coinpp_pipeline.basis_coding`).
+COEFFS_CODED = 1
 
 
 def encode_batches(n: int, hw: tuple[int, int]) -> list[slice]:
@@ -122,6 +125,7 @@ class GridModel(Model):
         report: dict[str, Any] | None = None,
         table_sets: Sequence[GridEntropyModel] = (),
         arm: LatentARM | None = None,
+        coeff_coder: CoefficientCoder | None = None,
     ) -> None:
         for t in table_sets:
             if t.counts.shape != entropy.counts.shape:
@@ -133,6 +137,9 @@ class GridModel(Model):
             raise ValueError("encode_rate='arm' needs a model with an ARM")
         if arm is not None and entropy.scheme != "causal":
             raise ValueError("an ARM needs the causal context scheme")
+        if coeff_coder is not None and coeff_coder.components != config.basis:
+            raise ValueError(f"the coefficient coder codes {coeff_coder.components} components; the model's "
+                             f"basis has {config.basis}")
         if arm is not None and (arm.levels != config.levels or arm.max_symbol != config.max_symbol):
             raise ValueError(f"the ARM codes {arm.levels} levels of symbols up to {arm.max_symbol}; the model "
                              f"has {config.levels} levels up to {config.max_symbol}")
@@ -147,6 +154,9 @@ class GridModel(Model):
         #: Learned autoregressive entropy model (:mod:`~coinpp_pipeline.latent_arm`): one more
         #: candidate coder of the ``G`` section, after the table sets.
         self.arm = arm
+        #: Entropy coder of the basis coefficients (:mod:`~coinpp_pipeline.basis_coding`);
+        #: without one (files written before it) they are stored as float16.
+        self.coeff_coder = coeff_coder
         self.entropy = None
         self.quantizer = None
         self.report = report or {}
@@ -167,6 +177,8 @@ class GridModel(Model):
                 tensors["entropy.counts_sets"] = np.stack([t.counts for t in self.table_sets]).astype(counts.dtype)
             if self.arm is not None:
                 tensors |= {f"entropy.{k}": v for k, v in self.arm.to_tensors().items()}
+            if self.coeff_coder is not None:
+                tensors |= {f"entropy.{k}": v for k, v in self.coeff_coder.to_tensors().items()}
             desc = {"kind": KIND, "config": self.config.to_dict(), "report": _stable(self.report)}
             self._bytes = checkpoints.serialize(tensors, desc)
         return self._bytes
@@ -185,12 +197,22 @@ class GridModel(Model):
         arm_tensors = {k[len("entropy."):]: v.numpy() for k, v in tensors.items() if k.startswith("entropy.arm.")}
         try:
             arm = LatentARM.from_tensors(arm_tensors) if arm_tensors else None
+            scale = tensors.get("entropy.coeffs.scale")
+            coeff_coder = CoefficientCoder.from_tensors({"coeffs.scale": scale.numpy()}) if scale is not None else None
             model = cls(config, net, tensors["norm.mean"].numpy(), float(tensors["norm.std"].reshape(-1)[0]),
-                        tables, desc.get("report"), table_sets, arm)
+                        tables, desc.get("report"), table_sets, arm, coeff_coder)
         except (ValueError, KeyError) as exc:  # extra coders that do not fit the model
-            raise BitstreamError(f"model file's entropy table sets or ARM: {exc}") from exc
+            raise BitstreamError(f"model file's entropy table sets, ARM or coefficient coder: {exc}") from exc
         model._bytes = bytes(data)
         return model
+
+    def _replace(self, **parts: Any) -> GridModel:
+        """A new model from this one's parts, some replaced (``config``, ``network``,
+        ``report``, ``table_sets``, ``arm``, ``coeff_coder``); shares the rest, same device."""
+        p: dict[str, Any] = {"config": self.config, "network": self.network, "report": self.report,
+                             "table_sets": self.table_sets, "arm": self.arm, "coeff_coder": self.coeff_coder} | parts
+        return GridModel(p["config"], p["network"], self.mean, float(self.std[0]), self.tables, p["report"],
+                         p["table_sets"], p["arm"], p["coeff_coder"]).to(self.device)
 
     def with_encoding(self, *, encode_steps: int | None = None, encode_lr: float | None = None,
                       encode_noise_fraction: float | None = None, rate_weight: float | None = None,
@@ -208,9 +230,7 @@ class GridModel(Model):
             rate_weight=c.rate_weight if rate_weight is None else float(rate_weight),
             encode_rate=c.encode_rate if encode_rate is None else encode_rate,  # type: ignore[arg-type]
         )
-        net: GridSynthesis = copy.deepcopy(self.network)  # type: ignore[assignment]
-        return GridModel(config, net, self.mean, float(self.std[0]), self.tables, self.report,
-                         self.table_sets, self.arm).to(self.device)
+        return self._replace(config=config, network=copy.deepcopy(self.network))
 
     def to(self, device: str | torch.device | None) -> GridModel:
         self.device = pick_device(str(device) if device is not None else None)
@@ -256,8 +276,9 @@ class GridModel(Model):
     def fit_grids_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int,
                          rate_weight: float) -> tuple[list[np.ndarray], np.ndarray]:
         """Encode normalised fields ``(B, H, W)`` (invalid points ignored) -> ``L`` int64
-        grids ``(B, h_l, w_l)`` in ``[-K, K]`` and the basis coefficients ``(B, k)`` (float32
-        values of float16 numbers; ``k = 0`` without a basis).
+        grids ``(B, h_l, w_l)`` in ``[-K, K]`` and the basis coefficients ``(B, k)`` (float32,
+        before their quantization for the chunk, :meth:`_coefficient_section`; ``k = 0``
+        without a basis).
 
         Adam on ``MSE + rate_weight * bits``: the first ``config.encode_noise_fraction`` of
         the steps (at least one) with additive uniform noise standing in for rounding, the
@@ -296,9 +317,7 @@ class GridModel(Model):
                     loss.backward()
                     opt.step()
                     sched.step()
-        fmax = float(np.finfo(np.float16).max)
-        c16 = coeffs.detach().clamp(-fmax, fmax).cpu().numpy().astype(np.float16).astype(np.float32)
-        return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs], c16
+        return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs], coeffs.detach().cpu().numpy()
 
     def initial_latents(self, x: torch.Tensor, rate_weight: float, steps: int) -> list[torch.Tensor]:
         """The encoder's starting latents for normalised fields ``x (B, H, W)`` (0 at missing
@@ -415,11 +434,24 @@ class GridModel(Model):
         grids, coeffs = self.fit_fields_coeffs(self._normalise(x), finite, steps, rate_weight)
         out = {"G": self.compress_grids([[g[i] for g in grids] for i in range(x.shape[0])])}
         if self.config.basis:
-            out["P"] = bytes([COEFFS_FLOAT16]) + coeffs.astype("<f2").tobytes()
+            out["P"], coeffs = self._coefficient_section(coeffs, rate_weight, hw)
         if max_abs_error is not None:
             pred = self.synthesize_grids(grids, hw, coeffs)  # (B, 0) without a basis: ignored
             out["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, dtype)
         return out
+
+    def _coefficient_section(self, coeffs: np.ndarray, rate_weight: float,
+                             hw: tuple[int, int]) -> tuple[bytes, np.ndarray]:
+        """Basis coefficients ``(B, k)`` -> section ``P`` and the coefficients ``(B, k)`` a
+        decoder reads from it: float16 (format 0) without a coefficient coder, else quantized
+        at the step the rate weight calls for and range-coded (format 1)."""
+        if self.coeff_coder is None:
+            fmax = float(np.finfo(np.float16).max)
+            c16 = np.clip(np.nan_to_num(coeffs), -fmax, fmax).astype("<f2")
+            return bytes([COEFFS_FLOAT16]) + c16.tobytes(), c16.astype(np.float32)
+        e = step_code(rate_weight, hw[0] * hw[1])
+        q = self.coeff_coder.quantize(coeffs, e)
+        return bytes([COEFFS_CODED]) + self.coeff_coder.compress(q, e), self.coeff_coder.dequantize(q, e)
 
     def decode_many(self, blobs: Sequence[bytes | bytearray | memoryview]) -> list[np.ndarray]:
         parsed = [self._parse(b) for b in blobs]
@@ -445,11 +477,19 @@ class GridModel(Model):
                 raise BitstreamError("chunk holds basis coefficients (section P) but the model has no basis")
             return None
         payload = sections.get("P")
-        if payload is None or len(payload) != 1 + 2 * k * items:
-            raise BitstreamError(f"chunk's basis coefficients: need {1 + 2 * k * items} bytes (section P), "
-                                 f"got {None if payload is None else len(payload)}")
+        if not payload:
+            raise BitstreamError("chunk has no basis coefficients (section P) but the model has a basis")
+        if payload[0] == COEFFS_CODED:
+            if self.coeff_coder is None:
+                raise BitstreamError("chunk's basis coefficients are entropy-coded but the model has no "
+                                     "coefficient coder")
+            q, e = self.coeff_coder.decompress(bytes(payload[1:]), items)
+            return self.coeff_coder.dequantize(q, e)
         if payload[0] != COEFFS_FLOAT16:
             raise BitstreamError(f"chunk's basis coefficients: unknown format {payload[0]}")
+        if len(payload) != 1 + 2 * k * items:
+            raise BitstreamError(f"chunk's float16 basis coefficients: need {1 + 2 * k * items} bytes (section P), "
+                                 f"got {len(payload)}")
         c = np.frombuffer(payload, "<f2", offset=1).astype(np.float32).reshape(items, k)
         if not np.isfinite(c).all():
             raise BitstreamError("chunk's basis coefficients are not finite")
@@ -581,7 +621,8 @@ def train_grid_model(
               "history": history, "train_seconds": time.perf_counter() - t0}
     if energy is not None:
         report["basis"] = {"components": config.basis, "fields": int(x.shape[0]), "energy": energy}
-    return GridModel(config, net.cpu(), mean32, std, entropy, report)
+    coder = CoefficientCoder.fit(coeffs.detach().cpu().numpy()) if config.basis else None
+    return GridModel(config, net.cpu(), mean32, std, entropy, report, coeff_coder=coder)
 
 
 def _fields_to_fit(model: GridModel, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -671,8 +712,7 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
         "channels": int(channels), "steps": int(steps), "batch": int(batch), "rate_weights": [lo, hi],
         "lr": float(lr), "ste_fraction": float(ste_fraction), "fields": int(x.shape[0]),
         "seconds": time.perf_counter() - t0}}
-    return GridModel(config, net.cpu(), model.mean, float(model.std[0]), model.tables, report,
-                     model.table_sets, model.arm).to(device)
+    return model._replace(config=config, network=net.cpu(), report=report).to(device)
 
 
 #: Most training fields :func:`principal_components` reads (evenly spaced beyond that).
@@ -719,8 +759,23 @@ def fit_basis(model: GridModel, data: np.ndarray, k: int) -> GridModel:
     net.load_state_dict(model.network.state_dict() | {"basis": torch.from_numpy(basis)})
     report = dict(model.report) | {"basis": {"components": int(k), "fields": int(x.shape[0]),
                                              "energy": energy}}
-    return GridModel(config, net, model.mean, float(model.std[0]), model.tables, report,
-                     model.table_sets, model.arm).to(model.device)
+    return fit_coefficient_coder(model._replace(config=config, network=net, report=report), x)
+
+
+def fit_coefficient_coder(model: GridModel, data: np.ndarray) -> GridModel:
+    """A copy of ``model`` (which has a basis) that stores the basis coefficients quantized
+    and entropy-coded (section ``P`` format 1, :mod:`~coinpp_pipeline.basis_coding`) instead
+    of as float16: each component's Laplace scale from the projections of the training
+    fields ``data (N, H, W)`` on the basis. Chunks written before stay readable."""
+    if not model.config.basis:
+        raise ValueError("a coefficient coder needs a model with a basis (fit_basis)")
+    x, valid = _fields_to_fit(model, data)
+    normed = torch.from_numpy(np.where(valid, model._normalise(x), 0.0).astype(np.float32)).to(model.device)
+    with torch.no_grad():
+        coder = CoefficientCoder.fit(model.basis_coefficients(normed).cpu().numpy())
+    report = dict(model.report) | {"coeff_coder": {"fields": int(x.shape[0]),
+                                                   "scale_codes": coder.scale_codes.tolist()}}
+    return model._replace(network=copy.deepcopy(model.network), report=report, coeff_coder=coder)
 
 
 def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[float],
@@ -787,9 +842,8 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
                            "seconds": time.perf_counter() - t1}}
         if log is not None:
             log({"arm": "fitted", "time_s": time.perf_counter() - t0})
-    net: GridSynthesis = copy.deepcopy(model.network)  # type: ignore[assignment]
-    return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, report,
-                     sets if table_sets else model.table_sets, new_arm)
+    return model._replace(network=copy.deepcopy(model.network), report=report,
+                          table_sets=sets if table_sets else model.table_sets, arm=new_arm)
 
 
 #: Training fields up to which :func:`fit_coders` cross-fits a basis leave-one-out (more:
@@ -818,8 +872,7 @@ def _cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray) -> li
         basis, _ = principal_components(normed[rest], valid[rest], k)
         net = GridSynthesis(model.config)
         net.load_state_dict(model.network.state_dict() | {"basis": torch.from_numpy(basis)})
-        out.append((GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, None,
-                              model.table_sets, model.arm).to(model.device), part))
+        out.append((model._replace(network=net, report=None), part))
     return out
 
 
@@ -848,5 +901,4 @@ def fit_rate_proxy(model: GridModel) -> GridModel:
         net.log_scale.copy_(torch.from_numpy(np.log(sc[best])).float())
         if net.loc is not None:
             net.loc.copy_(torch.from_numpy(lo[best]).float())
-    return GridModel(model.config, net, model.mean, float(model.std[0]), model.tables, dict(model.report),
-                     model.table_sets, model.arm)
+    return model._replace(network=net, report=dict(model.report))

@@ -71,9 +71,10 @@ def test_model_file_sha256(model: Model) -> None:
 
 
 def test_fixtures_are_small() -> None:
-    # the largest: the grid models' entropy tables (≈ 39 KB per table set; four model files
-    # repeat the causal model's ≈ 55 KB: pooled, with a table set, with a basis, with an ARM)
-    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 500_000
+    # the largest: the grid models' entropy tables (≈ 39 KB per table set; five model files
+    # repeat the causal model's ≈ 55 KB: pooled, with a table set, with a basis (float16
+    # coefficients), with a basis and its coefficient coder, with an ARM)
+    assert sum(p.stat().st_size for p in FIXTURES.iterdir()) < 600_000
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -289,6 +290,33 @@ def test_grid_chunk_with_basis_coefficients() -> None:
     assert pack(dataclasses.replace(chunk, model_id=m.model_id)) == blob
     with pytest.raises(ModelMismatchError):
         base.decode(blob)
+
+
+def test_grid_chunk_with_coded_basis_coefficients() -> None:
+    """The basis model plus a coefficient coder (``make_golden_grid.py coded``): the file adds
+    ``entropy.coeffs.scale``; its chunk's section ``P`` (format byte 1) holds the step code and
+    the range-coded coefficient symbols, decodes to the stored array, and re-coding the
+    symbols gives the same bytes (integer tables)."""
+    basis = Model.load(str(FIXTURES / "golden_grid_basis_model.coinpp"))
+    m = Model.load(str(FIXTURES / "golden_grid_coded_basis_model.coinpp"),
+                   sha256="b6f29b984cacef00e2449f846961a3af321ba242e69ebda9fddaa2d7b59a657f")
+    assert isinstance(m, GridModel) and isinstance(basis, GridModel) and m.coeff_coder is not None
+    assert m.config == basis.config and basis.coeff_coder is None
+    np.testing.assert_array_equal(m.network.basis, basis.network.basis)
+    blob = (FIXTURES / "golden_grid_coded_basis_fields.bin").read_bytes()
+    chunk = unpack(blob)
+    assert (chunk.version, chunk.shape, set(chunk.sections)) == (2, (2, 32, 48), {"G", "P"})
+    p = chunk.sections["P"]
+    expected = np.load(FIXTURES / "golden_grid_coded_basis_fields_coeffs.npy")  # step code, then symbols
+    q, e = m.coeff_coder.decompress(p[1:], 2)
+    assert p[0] == 1 and e == expected[0] and np.count_nonzero(q) == 4
+    np.testing.assert_array_equal(q.ravel(), expected[1:])
+    assert bytes([1]) + m.coeff_coder.compress(q, e) == p
+    np.testing.assert_allclose(m.decode(blob), np.load(FIXTURES / "golden_grid_coded_basis_fields.npy"),
+                               rtol=0, atol=2e-3)
+    assert pack(dataclasses.replace(chunk, model_id=m.model_id)) == blob
+    with pytest.raises(ModelMismatchError):
+        basis.decode(blob)
 
 
 def test_grid_chunk_coded_with_the_arm() -> None:

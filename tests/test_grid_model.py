@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from helpers import arm_coded_bytes, era5
 
 from coinpp_pipeline import Model
+from coinpp_pipeline.basis_coding import step_code
 from coinpp_pipeline.bitstream import pack, unpack
 from coinpp_pipeline.codec import COINppCodec
 from coinpp_pipeline.errors import BitstreamError, ModelMismatchError
@@ -25,6 +26,7 @@ from coinpp_pipeline.grid_model import (
     GridTrainConfig,
     fit_analysis,
     fit_coders,
+    fit_coefficient_coder,
     fit_table_sets,
     train_grid_model,
 )
@@ -639,45 +641,76 @@ def bmodel(gmodel: GridModel, train_data: np.ndarray) -> GridModel:
 def test_basis_model_round_trips_and_stores_coefficients(bmodel: GridModel, gmodel: GridModel,
                                                          held_out: np.ndarray) -> None:
     assert bmodel.config.basis == 2 and bmodel.model_id != gmodel.model_id
-    assert bmodel.report["basis"]["components"] == 2
-    blob = bmodel.encode(held_out)
+    assert bmodel.report["basis"]["components"] == 2 and bmodel.coeff_coder is not None
+    blob = bmodel.encode(held_out, rate_weight=0.3)
     c = unpack(blob).sections["P"]
-    assert len(c) == 1 + 2 * 2 * held_out.shape[0] and c[0] == 0  # format 0: float16, fields x k
-    coeffs = np.frombuffer(c, "<f2", offset=1).reshape(held_out.shape[0], 2)
+    assert c[0] == 1  # format 1: quantized, range-coded (basis_coding)
+    q, e = bmodel.coeff_coder.decompress(c[1:], held_out.shape[0])
+    assert e == step_code(0.3, held_out.shape[1] * held_out.shape[2])
+    coeffs = bmodel.coeff_coder.dequantize(q, e)
     assert np.abs(coeffs).max() > 0.01  # the fields do use the basis
     again = Model.from_bytes(bmodel.to_bytes())
-    assert again.to_bytes() == bmodel.to_bytes()
+    assert again.to_bytes() == bmodel.to_bytes() and isinstance(again, GridModel)
+    np.testing.assert_array_equal(again.coeff_coder.scale_codes, bmodel.coeff_coder.scale_codes)  # type: ignore[union-attr]
     out = again.decode(blob)
     assert out.shape == held_out.shape and psnr(held_out, out) > 25
     # without the basis term the same grids give another field: the coefficients are used
     items = bmodel.decompress_grids(unpack(blob).sections["G"], 2, bmodel.config.level_shapes(held_out.shape[1:]))
     grids = [np.stack([it[lv] for it in items]) for lv in range(bmodel.config.levels)]
-    with_c = bmodel.synthesize_grids(grids, held_out.shape[1:], coeffs.astype(np.float32))
+    with_c = bmodel.synthesize_grids(grids, held_out.shape[1:], coeffs)
     np.testing.assert_allclose(out, with_c.astype(np.float32), rtol=0, atol=1e-3)
     zero = bmodel.synthesize_grids(grids, held_out.shape[1:], np.zeros((2, 2), np.float32))
     assert np.abs(zero - with_c).max() > 0.1
-    # error-bounded chunks keep the bound with the basis term in the prediction
-    bound = 0.2
-    assert np.abs(bmodel.decode(bmodel.encode(held_out, max_abs_error=bound)) - held_out).max() <= bound
+    # error-bounded chunks keep the bound with the (quantized) basis term in the prediction
+    for bound in (0.2, 0.02):
+        assert np.abs(bmodel.decode(bmodel.encode(held_out, max_abs_error=bound)) - held_out).max() <= bound
+    # a model without the coefficient coder (files written before it) stores float16
+    f16 = bmodel._replace(coeff_coder=None)
+    p = unpack(f16.encode(held_out, rate_weight=0.3)).sections["P"]
+    assert p[0] == 0 and len(p) == 1 + 2 * 2 * held_out.shape[0]  # format 0: float16, fields x k
+    assert psnr(held_out, f16.decode(f16.encode(held_out))) > 25
+
+
+def test_coded_coefficients_cost_less_than_float16_on_real_fields(bmodel: GridModel, held_out: np.ndarray) -> None:
+    """Per field, the coded coefficients (step from the rate weight) take fewer bytes than
+    float16 and move the reconstruction by far less than the latents' own error."""
+    hw = held_out.shape[1:]
+    grids, coeffs = bmodel.fit_fields_coeffs(bmodel._normalise(held_out), np.isfinite(held_out), 60, 1.0)
+    coded, c1 = bmodel._coefficient_section(coeffs, 1.0, hw)
+    plain, c0 = bmodel._replace(coeff_coder=None)._coefficient_section(coeffs, 1.0, hw)
+    assert len(coded) < len(plain) and coded[0] == 1 and plain[0] == 0
+    a, b = (bmodel.synthesize_grids(grids, hw, c) for c in (c0, c1))
+    err = np.sqrt(np.mean((a - held_out) ** 2))
+    assert np.sqrt(np.mean((a - b) ** 2)) < 0.2 * err
 
 
 def test_basis_coefficient_section_is_checked(bmodel: GridModel, gmodel: GridModel, held_out: np.ndarray) -> None:
     chunk = unpack(bmodel.encode(held_out[:1]))
 
-    def with_p(p: bytes | None) -> bytes:
+    def with_p(model: GridModel, p: bytes | None) -> bytes:
         sections = {k: v for k, v in chunk.sections.items() if k != "P"} | ({} if p is None else {"P": p})
-        return pack(dataclasses.replace(chunk, sections=sections, model_id=bmodel.model_id))
+        return pack(dataclasses.replace(chunk, sections=sections, model_id=model.model_id))
 
-    for bad, msg in [(None, "need 5 bytes"), (b"\x00" * 6, "need 5 bytes"),
-                     (b"\x01" + b"\x00" * 4, "unknown format 1"),
-                     (b"\x00" + np.array([np.nan, 1], "<f2").tobytes(), "not finite")]:
+    f16 = bmodel._replace(coeff_coder=None)
+    for model, bad, msg in [(bmodel, None, "no basis coefficients"), (f16, b"\x00" * 6, "need 5 bytes"),
+                            (bmodel, b"\x02" + b"\x00" * 4, "unknown format 2"),
+                            (f16, b"\x00" + np.array([np.nan, 1], "<f2").tobytes(), "not finite"),
+                            (bmodel, b"\x01\x28" + b"\x00" * 3, "invalid length"),
+                            (bmodel, b"\x01\xff" + b"\x00" * 4, "step code"),
+                            (f16, chunk.sections["P"], "no coefficient coder")]:
         with pytest.raises(BitstreamError, match=msg):
-            bmodel.decode(with_p(bad))
+            model.decode(with_p(model, bad))
+    # the float16 format stays readable by a model with the coder
+    assert np.isfinite(bmodel.decode(with_p(bmodel, b"\x00" + np.array([0.5, -1], "<f2").tobytes()))).all()
     own = unpack(gmodel.encode(held_out[:1]))
     own.sections["P"] = b"\x00" * 4
     own.model_id = gmodel.model_id
     with pytest.raises(BitstreamError, match="has no basis"):
         gmodel.decode(pack(own))
+    with pytest.raises(ValueError, match="coefficient coder needs a model with a basis"):
+        fit_coefficient_coder(gmodel, held_out)
+    with pytest.raises(ValueError, match="codes 2 components"):
+        gmodel._replace(coeff_coder=bmodel.coeff_coder)
 
 
 def test_coders_of_a_basis_model_are_fitted_on_cross_fitted_latents(gmodel: GridModel, train_data: np.ndarray) -> None:
@@ -706,6 +739,7 @@ def test_basis_trained_in_the_loop_and_analysis(train_data: np.ndarray, held_out
     cfg = dataclasses.replace(CONFIG, basis=2)
     m = train_grid_model(train_data, cfg, dataclasses.replace(TRAIN, steps=40))
     assert m.config.basis == 2 and 0 < m.report["basis"]["energy"] < 1
+    assert m.coeff_coder is not None and m.coeff_coder.components == 2  # scales from the trained coefficients
     assert Model.from_bytes(m.to_bytes()).decode(m.encode(held_out[:1])).shape == (1, *held_out.shape[1:])
     a = fit_analysis(m, train_data, channels=4, steps=3, batch=4)
     assert a.config.basis == 2 and unpack(a.encode(held_out[:1], steps=0)).sections["P"]
