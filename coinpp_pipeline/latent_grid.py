@@ -90,7 +90,8 @@ class GridConfig:
     * ``basis``: 0 = none; ``k > 0``: the synthesis adds ``sum_j c_j B_j`` to its output,
       ``B (k, H, W)`` the top principal components of the training anomalies (a buffer of
       the network, :func:`~coinpp_pipeline.grid_model.fit_basis`), and every field stores
-      its ``k`` coefficients ``c`` (float16, chunk section ``P``), fitted with the latents.
+      its ``k`` coefficients ``c`` (chunk section ``P``: quantized and range-coded with the
+      model's coefficient coder, else float16), fitted with the latents.
       Needs ``climatology``.
     * ``encode_rate``: the encoder's rate term — ``"tables"``: the Laplace per table context
       (``log_scale`` / ``loc``); ``"arm"``: the model's learned autoregressive coder
