@@ -26,6 +26,10 @@ latents, all rate weights together (:func:`coinpp_pipeline.grid_model.fit_coders
 
     python benchmarks/grid_train.py --dataset era5:t2m --from-model <sha>.coinpp --table-sets 0.1 0.3 1 3 10 30 100 --arm
 
+``--arm-chunk-items N`` (N > 1, e.g. 12 for mri) gives the ARM the item context: each field's
+previous one in its chunk (:mod:`coinpp_pipeline.latent_arm`), trained on runs of N
+consecutive training fields.
+
 ``--basis K``: the synthesis adds the training anomalies' top K principal components, with K
 coefficients per field in each chunk, quantized and entropy-coded
 (:func:`coinpp_pipeline.grid_model.fit_basis`, :mod:`coinpp_pipeline.basis_coding`):
@@ -101,6 +105,9 @@ def main(argv: list[str] | None = None) -> str:
                          "(only valid for the same --from-model and training fields)")
     ap.add_argument("--arm-hidden", type=int, default=24)
     ap.add_argument("--arm-steps", type=int, default=3000)
+    ap.add_argument("--arm-chunk-items", type=int, default=1,
+                    help="N > 1: the ARM also sees each field's previous one in its chunk, trained on runs of N "
+                         "consecutive training fields as chunks (e.g. 12 for mri, 20 for hadcm3)")
     ap.add_argument("--analysis-steps", type=int, default=0,
                     help="after training (or on --from-model): fit an analysis network (the encoder's "
                          "starting guess; encode with steps=0 to use the guess alone) for this many steps")
@@ -121,6 +128,8 @@ def main(argv: list[str] | None = None) -> str:
     args = ap.parse_args(argv)
     if args.arm and not args.table_sets:
         ap.error("--arm needs --table-sets (its rate weights)")
+    if args.arm_chunk_items > 1 and args.table_fields is not None:
+        ap.error("--arm-chunk-items needs consecutive training fields: drop --table-fields")
     encoding = {"encode_steps": args.encode_steps, "encode_lr": args.encode_lr,
                 "encode_noise_fraction": args.encode_noise_fraction}
     if args.from_model:
@@ -186,7 +195,7 @@ def _table_sets(model: GridModel, train: np.ndarray, args: argparse.Namespace) -
                 for lam, _, key in keys:
                     cache.setdefault(lam, []).append(f[key])
     out = fit_coders(model, train, args.table_sets, table_sets=True, arm=args.arm, arm_hidden=args.arm_hidden,
-                     arm_steps=args.arm_steps, latents=cache, log=lambda r: print(
+                     arm_steps=args.arm_steps, latents=cache, arm_chunk_items=args.arm_chunk_items, log=lambda r: print(
                          f"  {r.get('rate_weight', r.get('arm'))}: {r['time_s']:.0f}s", flush=True))
     if cache is not None:
         np.savez(args.latents_cache, **{f"{lam}/{lv}": g for lam, grids in cache.items() for lv, g in enumerate(grids)})

@@ -133,8 +133,8 @@ class GridModel(Model):
                                  f"pooled ones {entropy.counts.shape}")
         if table_sets and entropy.scheme != "causal":
             raise ValueError("extra entropy table sets need the causal context scheme")
-        if config.encode_rate == "arm" and arm is None:
-            raise ValueError("encode_rate='arm' needs a model with an ARM")
+        if config.encode_rate == "arm" and (arm is None or arm.item_context):
+            raise ValueError("encode_rate='arm' needs a model with an ARM without item context")
         if arm is not None and entropy.scheme != "causal":
             raise ValueError("an ARM needs the causal context scheme")
         if coeff_coder is not None and coeff_coder.components != config.basis:
@@ -792,7 +792,8 @@ def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[fl
 
 def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float], *, table_sets: bool = True,
                arm: bool = False, steps: int | None = None, log: Any = None, arm_hidden: int = 24,
-               arm_steps: int = 3000, latents: dict[float, list[np.ndarray]] | None = None) -> GridModel:
+               arm_steps: int = 3000, latents: dict[float, list[np.ndarray]] | None = None,
+               arm_chunk_items: int = 1) -> GridModel:
     """A copy of ``model`` with entropy coders fitted on the latents its own encoder finds
     for training fields ``data (N, H, W)`` at each rate weight (``steps``: encoder steps,
     default the model's): ``table_sets`` one table set per rate weight (replacing the
@@ -801,7 +802,12 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     asked for are kept. Each chunk is coded with whichever coder is shortest. With a basis,
     the training fields are encoded with bases computed without them (:func:`_cross_fitted`).
     ``latents``: a cache ``{rate weight: L grids (N, h_l, w_l)}`` of these fields' encodings by
-    this model (rate weights found there are not encoded again; new ones are added)."""
+    this model (rate weights found there are not encoded again; new ones are added).
+    ``arm_chunk_items`` > 1: the ARM gets the item context (each field's previous one in the
+    chunk, :mod:`~coinpp_pipeline.latent_arm`), trained on runs of that many consecutive
+    training fields as chunks (the fields in ``data`` order: give them in archive order)."""
+    if arm_chunk_items < 1:
+        raise ValueError(f"arm_chunk_items must be >= 1, got {arm_chunk_items}")
     lams = [float(lam) for lam in dict.fromkeys(rate_weights)]
     if not lams or any(not (math.isfinite(lam) and lam >= 0) for lam in lams):
         raise ValueError(f"rate weights must be finite numbers >= 0, got {list(rate_weights)}")
@@ -837,8 +843,12 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     new_arm = model.arm
     if arm:
         t1 = time.perf_counter()
-        new_arm = fit_arm(pooled, k, hidden=arm_hidden, steps=arm_steps)
+        starts = None
+        if arm_chunk_items > 1:  # per rate weight's block of fields: a chunk every arm_chunk_items
+            starts = [i % arm_chunk_items == 0 for _ in lams for i in range(x.shape[0])]
+        new_arm = fit_arm(pooled, k, hidden=arm_hidden, steps=arm_steps, starts=starts)
         report |= {"arm": {"rate_weights": lams, "hidden": arm_hidden, "steps": arm_steps, **source,
+                           **({"chunk_items": arm_chunk_items} if arm_chunk_items > 1 else {}),
                            "seconds": time.perf_counter() - t1}}
         if log is not None:
             log({"arm": "fitted", "time_s": time.perf_counter() - t0})

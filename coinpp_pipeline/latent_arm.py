@@ -18,6 +18,12 @@ from the table by the location's integer part; its float64 normalisation is exac
 Coding order: as the ``causal`` table scheme (:func:`~coinpp_pipeline.latent_grid.causal_plan`):
 levels coarsest first, diagonals ``t = col + 2 * row``, the chunk's items interleaved within a
 diagonal, so the decoder evaluates the network once per diagonal of all items.
+
+**Item context** (``item_context=True``, optional): the network also sees the 3x3
+neighbourhood, at the same level and position, of the chunk's previous item (adjacent MRI
+slices, consecutive years) and whether there is one. Then each level is coded item by item
+(all diagonals of item 0, then item 1, ...), so the previous item is whole when the next is
+decoded: one network evaluation per diagonal *per item*.
 """
 
 from __future__ import annotations
@@ -50,27 +56,43 @@ LOG_B_MIN, LOG_B_MAX = math.log(0.02), math.log(40.0)
 TABLE_BITS = 20
 
 
-def n_features(levels: int) -> int:
-    """Network inputs for a model of ``levels`` latent levels."""
-    return len(NEIGHBOURS) + 9 + levels
+def n_features(levels: int, item_context: bool = False) -> int:
+    """Network inputs for a model of ``levels`` latent levels (with the item context: the
+    previous item's 3x3 neighbourhood and a flag, 10 more)."""
+    return len(NEIGHBOURS) + 9 + levels + (10 if item_context else 0)
 
 
 def features(zp: np.ndarray, pp: np.ndarray | None, level: int, levels: int,
-             i: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+             i: np.ndarray, r: np.ndarray, c: np.ndarray,
+             prev: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Integer inputs ``(n, F)`` of the symbols at items ``i``, rows ``r``, columns ``c``.
 
     ``zp (m, h + 2, w + 6)``: the level's symbols padded with 2 zero rows above and 3 zero
     columns each side (only already-coded positions are read); ``pp (m, hc + 2, wc + 2)``:
-    the coarser level padded by one zero on every side, or None for the coarsest level."""
+    the coarser level padded by one zero on every side, or None for the coarsest level;
+    ``prev`` (item context): each item's previous item at this level padded by one zero
+    ``(m, h + 2, w + 2)`` and whether it has one ``(m,)`` (0/1)."""
     cols = [zp[i, r + dr + 2, c + dc + 3] for dr, dc in NEIGHBOURS]
     if pp is not None:
         r2, c2 = r // 2 + 1, c // 2 + 1
         cols += [pp[i, r2 + dr, c2 + dc] for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
     else:
         cols += [np.zeros_like(r)] * 9
+    if prev is not None:
+        qp, has = prev
+        cols += [qp[i, r + 1 + dr, c + 1 + dc] for dr in (-1, 0, 1) for dc in (-1, 0, 1)] + [has[i]]
     onehot = np.zeros((len(r), levels), np.int64)
     onehot[:, level] = 1
     return np.concatenate([np.stack(cols, 1).astype(np.int64), onehot], 1)
+
+
+def _previous(z: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Item context of stacked grids ``z (m, h, w)``: each item's previous item padded by one
+    zero ``(m, h + 2, w + 2)`` (zeros where ``starts``, an item that begins a chunk) and the
+    0/1 flag ``(m,)``."""
+    prev = np.concatenate([np.zeros_like(z[:1]), z[:-1]]).astype(np.int64)
+    prev[starts] = 0
+    return np.pad(prev, ((0, 0), (1, 1), (1, 1))), (~starts).astype(np.int64)
 
 
 def _pad_level(z: np.ndarray) -> np.ndarray:
@@ -97,18 +119,20 @@ class LatentARM:
     with 2 outputs (location, log scale); ``biases``: per layer ``(out,)`` int64 at the
     layer's output scale (``FRAC`` bits); ``table (mu_steps, n_scales, 4K + 1)`` int64 >= 1:
     frequencies of ``d = z - floor(mu)`` for ``d`` in ``[-2K, 2K]``; ``log_b_range``: the
-    scales' ``(min, max)`` log in fixed point."""
+    scales' ``(min, max)`` log in fixed point; ``item_context``: the network also sees the
+    chunk's previous item (module docstring)."""
 
     weights: tuple[np.ndarray, ...]
     biases: tuple[np.ndarray, ...]
     table: np.ndarray
     log_b_range: tuple[int, int]
     levels: int
+    item_context: bool = False
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(self.biases) or not self.weights:
             raise ValueError("the ARM needs as many bias vectors as weight matrices, at least one")
-        width = n_features(self.levels)
+        width = n_features(self.levels, self.item_context)
         for w, b in zip(self.weights, self.biases, strict=True):
             if w.ndim != 2 or w.shape[0] != width or b.shape != (w.shape[1],):
                 raise ValueError(f"ARM layer shapes {w.shape} / {b.shape} do not chain from {width} inputs")
@@ -181,6 +205,7 @@ class LatentARM:
         model = constriction.stream.model.Categorical(perfect=False)
         encode_presence(enc, present, self.levels)  # as the table scheme codes them
         k = self.max_symbol
+        starts = np.arange(len(items)) == 0
         for lv in reversed(range(self.levels)):
             idx = [n for n, bits in enumerate(present) if bits[lv]]
             if not idx:
@@ -189,9 +214,17 @@ class LatentARM:
             pp = _pad_parent(np.stack([items[n][lv + 1] for n in idx])) if lv + 1 < self.levels else None
             zp = _pad_level(z)
             m, h, w = z.shape
-            pos = [diagonal_positions(m, h, w, t) for t in range(w + 2 * (h - 1))]
-            i, r, c = (np.concatenate(a) for a in zip(*pos, strict=True))
-            probs = self.probabilities(features(zp, pp, lv, self.levels, i, r, c))
+            prev = None
+            if self.item_context:  # item by item, each item's diagonals in turn
+                qp, has = _previous(np.stack([g[lv] for g in items]), starts)
+                prev = (qp[idx], has[idx])
+                pos = [diagonal_positions(1, h, w, t) for t in range(w + 2 * (h - 1))]
+                i1, r1, c1 = (np.concatenate(a) for a in zip(*pos, strict=True))
+                i, r, c = np.repeat(np.arange(m), len(r1)), np.tile(r1, m), np.tile(c1, m)
+            else:  # diagonal by diagonal, the items interleaved
+                pos = [diagonal_positions(m, h, w, t) for t in range(w + 2 * (h - 1))]
+                i, r, c = (np.concatenate(a) for a in zip(*pos, strict=True))
+            probs = self.probabilities(features(zp, pp, lv, self.levels, i, r, c, prev))
             enc.encode((z[i, r, c] + k).astype(np.int32), model, probs)
 
     def decode_from(self, dec: Any, n_items: int, shapes: Sequence[tuple[int, int]]) -> list[list[np.ndarray]]:
@@ -207,6 +240,18 @@ class LatentARM:
             h, w = shapes[lv]
             pp = _pad_parent(np.stack([out[n][lv + 1] for n in idx])) if lv + 1 < self.levels else None
             zp = np.zeros((len(idx), h + 2, w + 6), np.int64)
+            if self.item_context:  # item by item: the previous item is whole when the next starts
+                qp, has = np.zeros((len(idx), h + 2, w + 2), np.int64), np.zeros(len(idx), np.int64)
+                for j, n in enumerate(idx):
+                    if n > 0:
+                        qp[j, 1:-1, 1:-1], has[j] = out[n - 1][lv], 1
+                    for t in range(w + 2 * (h - 1)):
+                        _, r, c = diagonal_positions(1, h, w, t)
+                        i = np.full(len(r), j)
+                        probs = self.probabilities(features(zp, pp, lv, self.levels, i, r, c, (qp, has)))
+                        zp[i, r + 2, c + 3] = np.asarray(dec.decode(model, probs), np.int64) - k
+                    out[n][lv] = zp[j, 2:, 3:-3].copy()
+                continue
             for t in range(w + 2 * (h - 1)):
                 i, r, c = diagonal_positions(len(idx), h, w, t)
                 probs = self.probabilities(features(zp, pp, lv, self.levels, i, r, c))
@@ -217,8 +262,8 @@ class LatentARM:
 
     def code_length_bits(self, items: Sequence[Sequence[np.ndarray]]) -> float:
         """Ideal code length (bits) of all the items' symbols (levels the coder would skip as
-        all-zero included), presence bits left out."""
-        x, z = _training_rows(items, self.levels)
+        all-zero included), presence bits left out; ``items``: one chunk's, in order."""
+        x, z = _training_rows(items, self.levels, (np.arange(len(items)) == 0) if self.item_context else None)
         p = self.probabilities(x)
         return -float(np.log2(p[np.arange(len(z)), z + self.max_symbol]).sum())
 
@@ -227,7 +272,10 @@ class LatentARM:
         """Differentiable bits ``(B,)`` of the encoder's noisy latents ``noisy[l] (B, h, w)``
         under this model, the neighbourhoods taken from the rounded latents (so the network
         runs without gradients; the fixed-point weights in floating point, outputs not
-        quantized): the encoder's rate term when it optimises for the ARM."""
+        quantized): the encoder's rate term when it optimises for the ARM (not with the item
+        context: the encoder fits a chunk's fields in batches)."""
+        if self.item_context:
+            raise ValueError("the encoder's ARM rate term does not support an ARM with item context")
         total = torch.zeros(noisy[0].shape[0], device=noisy[0].device)
         for lv, z in enumerate(noisy):
             with torch.no_grad():
@@ -251,7 +299,8 @@ class LatentARM:
         t = {f"arm.w{j}": w for j, w in enumerate(self.weights)}
         t |= {f"arm.b{j}": b for j, b in enumerate(self.biases)}
         t["arm.table"] = self.table.astype(np.int32)  # frequencies <= 2**TABLE_BITS
-        t["arm.meta"] = np.array([self.log_b_range[0], self.log_b_range[1], self.levels], np.int64)
+        meta = [self.log_b_range[0], self.log_b_range[1], self.levels] + ([1] if self.item_context else [])
+        t["arm.meta"] = np.array(meta, np.int64)  # ARMs without item context: 3 entries, as before
         return t
 
     @classmethod
@@ -260,7 +309,8 @@ class LatentARM:
         meta = t["arm.meta"]
         arm = cls(tuple(t[f"arm.w{j}"].astype(np.int64) for j in range(layers)),
                    tuple(t[f"arm.b{j}"].astype(np.int64) for j in range(layers)),
-                   t["arm.table"].astype(np.int64), (int(meta[0]), int(meta[1])), int(meta[2]))
+                   t["arm.table"].astype(np.int64), (int(meta[0]), int(meta[1])), int(meta[2]),
+                   bool(meta[3]) if len(meta) > 3 else False)
         check_decodable(arm)
         return arm
 
@@ -301,13 +351,17 @@ def laplace_table(k: int, mu_steps: int = MU_STEPS, n_scales: int = N_SCALES) ->
     return np.maximum(1, np.round(p * 2.0**TABLE_BITS)).astype(np.int64)
 
 
-def _training_rows(items: Sequence[Sequence[np.ndarray]], levels: int) -> tuple[np.ndarray, np.ndarray]:
+def _training_rows(items: Sequence[Sequence[np.ndarray]], levels: int,
+                   starts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features and symbols of every position of ``items``; ``starts`` (item context): which
+    items begin a chunk (the others' previous item is the one before)."""
     xs, zs = [], []
     for lv in range(levels):
         z = np.stack([g[lv] for g in items]).astype(np.int64)
         pp = _pad_parent(np.stack([g[lv + 1] for g in items])) if lv + 1 < levels else None
         i, r, c = (a.ravel() for a in np.indices(z.shape))
-        xs.append(features(_pad_level(z), pp, lv, levels, i, r, c))
+        prev = _previous(z, np.asarray(starts, bool)) if starts is not None else None
+        xs.append(features(_pad_level(z), pp, lv, levels, i, r, c, prev))
         zs.append(z[i, r, c])
     return np.concatenate(xs), np.concatenate(zs)
 
@@ -328,15 +382,19 @@ def laplace_bits(z: torch.Tensor, mu: torch.Tensor, log_b: torch.Tensor, k: int)
 
 def fit_arm(items: Sequence[Sequence[np.ndarray]], max_symbol: int, *, hidden: int = 24, layers: int = 2,
             steps: int = 3000, batch: int = 8192, lr: float = 3e-3, seed: int = 0,
-            mu_steps: int = MU_STEPS, n_scales: int = N_SCALES) -> LatentARM:
+            mu_steps: int = MU_STEPS, n_scales: int = N_SCALES, starts: Sequence[bool] | None = None) -> LatentARM:
     """Train the network on integer latents (per item ``L`` grids, finest first; e.g. the
     encoder's latents of the training fields) by the Laplace code length, then round it to
     fixed point. ``layers`` hidden ReLU layers of width ``hidden``; ``mu_steps``,
-    ``n_scales``: the output quantization (the table's first two axes)."""
+    ``n_scales``: the output quantization (the table's first two axes); ``starts``: per item,
+    whether it begins a chunk — given, the ARM has the item context (each item's previous
+    one, in ``items`` order, unless it begins a chunk)."""
     if not items:
         raise NotFittedError("need quantized training latents to fit the ARM")
     levels = len(items[0])
-    x_np, z_np = _training_rows(items, levels)
+    if starts is not None and len(starts) != len(items):
+        raise ValueError(f"starts: {len(starts)} flags for {len(items)} items")
+    x_np, z_np = _training_rows(items, levels, None if starts is None else np.asarray(starts, bool))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x = torch.from_numpy(x_np).float()
@@ -363,7 +421,7 @@ def fit_arm(items: Sequence[Sequence[np.ndarray]], max_symbol: int, *, hidden: i
     weights = tuple(np.round(mod.weight.detach().double().numpy().T * scale).astype(np.int64) for mod in linears)
     biases = tuple(np.round(mod.bias.detach().double().numpy() * scale).astype(np.int64) for mod in linears)
     lb = (round(LOG_B_MIN * scale), round(LOG_B_MAX * scale))
-    return LatentARM(weights, biases, laplace_table(max_symbol, mu_steps, n_scales), lb, levels)
+    return LatentARM(weights, biases, laplace_table(max_symbol, mu_steps, n_scales), lb, levels, starts is not None)
 
 
 def check_decodable(arm: LatentARM) -> None:

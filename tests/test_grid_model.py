@@ -559,6 +559,19 @@ def test_grid_model_with_an_arm(gmodel: GridModel, train_data: np.ndarray, held_
         g = unpack(blob).sections["G"]
         items = re.decompress_grids(g, held_out.shape[0], shapes)
         assert len(g) <= min(len(m.tables.compress(items)), arm_coded_bytes(m.arm, items)) + 4
+    # an ARM with the item context (each field's previous one in the chunk), same latents
+    ic = fit_coders(gmodel, train_data[:4], [0.3, 3.0], table_sets=False, arm=True, arm_steps=300, arm_hidden=8,
+                    latents=cache, arm_chunk_items=2)
+    assert ic.arm is not None and ic.arm.item_context and not m.arm.item_context
+    assert ic.report["arm"]["chunk_items"] == 2 and "chunk_items" not in m.report["arm"]
+    re_ic = Model.from_bytes(ic.to_bytes(), sha256=ic.sha256)
+    assert isinstance(re_ic, GridModel) and re_ic.arm is not None and re_ic.arm.item_context
+    blob = ic.encode(held_out, rate_weight=0.3)
+    np.testing.assert_array_equal(re_ic.decode(blob), gmodel.decode(gmodel.encode(held_out, rate_weight=0.3)))
+    with pytest.raises(ValueError, match="without item context"):
+        ic.with_encoding(encode_rate="arm")
+    with pytest.raises(ValueError, match="arm_chunk_items"):
+        fit_coders(gmodel, train_data[:2], [1.0], arm=True, arm_chunk_items=0)
     # the encoder can optimise for the ARM instead of the tables' proxy (needs an ARM)
     am = m.with_encoding(encode_rate="arm")
     assert am.config.encode_rate == "arm" and Model.from_bytes(am.to_bytes()).config.encode_rate == "arm"
