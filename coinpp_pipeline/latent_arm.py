@@ -21,9 +21,10 @@ diagonal, so the decoder evaluates the network once per diagonal of all items.
 
 **Item context** (``item_context=True``, optional): the network also sees the 3x3
 neighbourhood, at the same level and position, of the chunk's previous item (adjacent MRI
-slices, consecutive years) and whether there is one. Then each level is coded item by item
-(all diagonals of item 0, then item 1, ...), so the previous item is whole when the next is
-decoded: one network evaluation per diagonal *per item*.
+slices, consecutive years) and whether there is one. That neighbourhood reaches 3 diagonals
+ahead, so each level is then coded as a wavefront (:func:`wavefront`): step ``s`` holds
+diagonal ``s - ITEM_LAG * j`` of every item ``j`` — one network evaluation per step, ``D + 4 (m - 1)``
+steps for ``m`` items of ``D`` diagonals.
 """
 
 from __future__ import annotations
@@ -101,6 +102,26 @@ def _pad_level(z: np.ndarray) -> np.ndarray:
 
 def _pad_parent(p: np.ndarray) -> np.ndarray:
     return np.pad(p.astype(np.int64), ((0, 0), (1, 1), (1, 1)))
+
+
+#: Item context: item ``j``'s diagonal ``t`` is coded in the step after item ``j - 1``'s
+#: diagonal ``t + ITEM_LAG - 1`` (its 3x3 neighbourhood at the same position reaches ``t + 3``).
+ITEM_LAG = 4
+
+
+@functools.lru_cache(maxsize=256)
+def wavefront(m: int, h: int, w: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """Item-context coding order of ``m`` stacked ``(h, w)`` grids: per step ``s``, items,
+    rows, columns of diagonal ``s - ITEM_LAG * j`` of every item ``j`` that has it (items
+    ascending, then rows ascending). Cached: treat the arrays as read-only."""
+    n_diag = w + 2 * (h - 1)
+    out = []
+    for step in range(n_diag + ITEM_LAG * (m - 1)):
+        parts = [(np.full(len(r), j), r, c) for j in range(m) if 0 <= step - ITEM_LAG * j < n_diag
+                 for _, r, c in [diagonal_positions(1, h, w, step - ITEM_LAG * j)]]
+        i, r, c = (np.concatenate(a) for a in zip(*parts, strict=True))
+        out.append((i, r, c))
+    return tuple(out)
 
 
 def diagonal_positions(m: int, h: int, w: int, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -215,12 +236,10 @@ class LatentARM:
             zp = _pad_level(z)
             m, h, w = z.shape
             prev = None
-            if self.item_context:  # item by item, each item's diagonals in turn
+            if self.item_context:  # the items' diagonals as a wavefront
                 qp, has = _previous(np.stack([g[lv] for g in items]), starts)
                 prev = (qp[idx], has[idx])
-                pos = [diagonal_positions(1, h, w, t) for t in range(w + 2 * (h - 1))]
-                i1, r1, c1 = (np.concatenate(a) for a in zip(*pos, strict=True))
-                i, r, c = np.repeat(np.arange(m), len(r1)), np.tile(r1, m), np.tile(c1, m)
+                i, r, c = (np.concatenate(a) for a in zip(*wavefront(m, h, w), strict=True))
             else:  # diagonal by diagonal, the items interleaved
                 pos = [diagonal_positions(m, h, w, t) for t in range(w + 2 * (h - 1))]
                 i, r, c = (np.concatenate(a) for a in zip(*pos, strict=True))
@@ -240,16 +259,18 @@ class LatentARM:
             h, w = shapes[lv]
             pp = _pad_parent(np.stack([out[n][lv + 1] for n in idx])) if lv + 1 < self.levels else None
             zp = np.zeros((len(idx), h + 2, w + 6), np.int64)
-            if self.item_context:  # item by item: the previous item is whole when the next starts
-                qp, has = np.zeros((len(idx), h + 2, w + 2), np.int64), np.zeros(len(idx), np.int64)
+            if self.item_context:  # wavefront: item j - 1 stays ITEM_LAG diagonals ahead of item j
+                # previous items: absent ones are zeros; a present one is idx[j - 1], filled as decoded
+                qp, has = np.zeros((len(idx), h + 2, w + 2), np.int64), (np.array(idx) > 0).astype(np.int64)
+                succ = np.array([j + 1 if j + 1 < len(idx) and idx[j + 1] == n + 1 else -1
+                                 for j, n in enumerate(idx)], np.int64)
+                for i, r, c in wavefront(len(idx), h, w):
+                    probs = self.probabilities(features(zp, pp, lv, self.levels, i, r, c, (qp, has)))
+                    sym = np.asarray(dec.decode(model, probs), np.int64) - k
+                    zp[i, r + 2, c + 3] = sym
+                    nxt = succ[i] >= 0
+                    qp[succ[i[nxt]], r[nxt] + 1, c[nxt] + 1] = sym[nxt]
                 for j, n in enumerate(idx):
-                    if n > 0:
-                        qp[j, 1:-1, 1:-1], has[j] = out[n - 1][lv], 1
-                    for t in range(w + 2 * (h - 1)):
-                        _, r, c = diagonal_positions(1, h, w, t)
-                        i = np.full(len(r), j)
-                        probs = self.probabilities(features(zp, pp, lv, self.levels, i, r, c, (qp, has)))
-                        zp[i, r + 2, c + 3] = np.asarray(dec.decode(model, probs), np.int64) - k
                     out[n][lv] = zp[j, 2:, 3:-3].copy()
                 continue
             for t in range(w + 2 * (h - 1)):

@@ -10,7 +10,16 @@ import torch
 from helpers import arm_coded_bytes
 
 from coinpp_pipeline.errors import BitstreamError
-from coinpp_pipeline.latent_arm import LatentARM, diagonal_positions, features, fit_arm, n_features
+from coinpp_pipeline.latent_arm import (
+    ITEM_LAG,
+    NEIGHBOURS,
+    LatentARM,
+    diagonal_positions,
+    features,
+    fit_arm,
+    n_features,
+    wavefront,
+)
 from coinpp_pipeline.latent_grid import (
     GridEntropyModel,
     compress_with_sets,
@@ -171,3 +180,24 @@ def test_item_context_round_trips_and_uses_the_previous_item() -> None:
         ctx.torch_bits([torch.zeros((1, *s)) for s in SHAPES], [torch.zeros((1, *s)) for s in SHAPES])
     with pytest.raises(ValueError, match="starts"):
         fit_arm(train, 12, steps=1, starts=starts[:-1])
+
+
+def test_wavefront_covers_every_position_once_after_its_context() -> None:
+    """Item-context order: every position of every item once; a position's own-level
+    neighbours, and the previous item's 3x3 neighbourhood, come in earlier steps."""
+    m, h, w = 4, 7, 10
+    step_of = np.full((m, h, w), -1)
+    for s, (i, r, c) in enumerate(wavefront(m, h, w)):
+        assert (step_of[i, r, c] == -1).all()
+        step_of[i, r, c] = s
+    assert (step_of >= 0).all()
+    for j, r, c in np.ndindex(m, h, w):
+        for dr, dc in NEIGHBOURS:
+            if 0 <= r + dr < h and 0 <= c + dc < w:
+                assert step_of[j, r + dr, c + dc] < step_of[j, r, c]
+        if j:
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    if 0 <= r + dr < h and 0 <= c + dc < w:
+                        assert step_of[j - 1, r + dr, c + dc] < step_of[j, r, c]
+    assert len(wavefront(m, h, w)) == w + 2 * (h - 1) + ITEM_LAG * (m - 1)
