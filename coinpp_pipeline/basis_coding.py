@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from typing import Any
 
@@ -90,8 +91,6 @@ def _probabilities(t: int) -> np.ndarray:
 def table_digest() -> str:
     """sha256 of every scale's integer frequencies (pinned in the tests: the tables are the
     chunk format)."""
-    import hashlib
-
     h = hashlib.sha256()
     for t in range(SCALE_CODES[0], SCALE_CODES[1] + 1):
         h.update(_frequencies(t).astype("<i8").tobytes())

@@ -93,7 +93,7 @@ def _previous(z: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray
     0/1 flag ``(m,)``."""
     prev = np.concatenate([np.zeros_like(z[:1]), z[:-1]]).astype(np.int64)
     prev[starts] = 0
-    return np.pad(prev, ((0, 0), (1, 1), (1, 1))), (~starts).astype(np.int64)
+    return _pad_parent(prev), (~starts).astype(np.int64)
 
 
 def _pad_level(z: np.ndarray) -> np.ndarray:
