@@ -19,7 +19,8 @@ range-codes the integers under a discretised Laplace per basis component.
   ``f(1)`` come from floating-point maths, once per ``t`` (their values are pinned by a test),
   so any machine decodes the same integers.
 * Payload (after the section's format byte): ``u8 e``, then constriction range-coder words
-  (``<u4``) of the ``items x k`` symbols, item-major.
+  (``<u4``) of the ``items x k`` symbols, component-major (each component's symbols under its
+  one table).
 
 Measured (t2m, 16 components, the 7 held-out fields, post-hoc at the encoder's step,
 ``benchmarks/prototypes/README.md`` session 17): 33 B -> about 11-13 B per field, -0.00 to
@@ -88,6 +89,12 @@ def _probabilities(t: int) -> np.ndarray:
     return row / row.sum()
 
 
+@functools.cache
+def _model(t: int) -> Any:
+    """The constriction model of scale ``t`` (built once per process)."""
+    return constriction.stream.model.Categorical(_probabilities(t), perfect=False)
+
+
 def table_digest() -> str:
     """sha256 of every scale's integer frequencies (pinned in the tests: the tables are the
     chunk format)."""
@@ -135,9 +142,10 @@ class CoefficientCoder:
         """Symbols ``(B, k)`` -> coefficients ``(B, k)`` float32."""
         return (np.asarray(q, np.float64) * step_size(e)).astype(np.float32)
 
-    def _probs(self, e: int, items: int) -> np.ndarray:
+    def _models(self, e: int) -> list[Any]:
+        """Per component, its constriction model at step code ``e``."""
         t = np.clip(self.scale_codes + e - 32, *SCALE_CODES)
-        return np.stack([_probabilities(int(v)) for v in t] * items)  # item-major
+        return [_model(int(v)) for v in t]
 
     def compress(self, q: np.ndarray, e: int) -> bytes:
         """Symbols ``(B, k)`` at step code ``e`` -> payload (``u8 e`` + range-coder words)."""
@@ -150,8 +158,8 @@ class CoefficientCoder:
             raise ValueError(f"coefficient symbols outside [-{MAX_SYMBOL}, {MAX_SYMBOL}]")
         enc = constriction.stream.queue.RangeEncoder()
         if q.size:
-            model = constriction.stream.model.Categorical(perfect=False)
-            enc.encode((q.reshape(-1) + MAX_SYMBOL).astype(np.int32), model, self._probs(e, q.shape[0]))
+            for j, model in enumerate(self._models(e)):
+                enc.encode((q[:, j] + MAX_SYMBOL).astype(np.int32), model)
         return bytes([e]) + enc.get_compressed().astype("<u4").tobytes()
 
     def decompress(self, payload: bytes, items: int) -> tuple[np.ndarray, int]:
@@ -169,17 +177,16 @@ class CoefficientCoder:
             raise BitstreamError(f"coded basis coefficients: no range-coder words for {n} symbols")
         try:
             dec = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4", offset=1).astype(np.uint32))
-            model = constriction.stream.model.Categorical(perfect=False)
-            sym = np.asarray(dec.decode(model, self._probs(e, items)), np.int64)
+            sym = np.stack([np.asarray(dec.decode(model, items), np.int64) for model in self._models(e)], 1)
         except Exception as exc:  # constriction raises on exhausted or inconsistent data
             raise BitstreamError(f"coded basis coefficients cannot be decoded: {exc}") from exc
-        return (sym - MAX_SYMBOL).reshape(items, self.components), e
+        return sym - MAX_SYMBOL, e
 
     def code_length_bits(self, q: np.ndarray, e: int) -> float:
         """Ideal code length (bits) of symbols ``(B, k)`` at step code ``e``."""
         q = np.asarray(q, np.int64)
-        p = self._probs(e, q.shape[0])
-        return float(-np.log2(p[np.arange(q.size), q.reshape(-1) + MAX_SYMBOL]).sum())
+        t = np.clip(self.scale_codes + e - 32, *SCALE_CODES)
+        return float(-sum(np.log2(_probabilities(int(v))[q[:, j] + MAX_SYMBOL]).sum() for j, v in enumerate(t)))
 
     def to_tensors(self) -> dict[str, Any]:
         return {"coeffs.scale": self.scale_codes.astype(np.int64)}
