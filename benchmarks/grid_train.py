@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--latents-cache", default=None, metavar="NPZ",
                     help="with --table-sets: reuse / save the encoder's training latents per rate weight here "
                          "(only valid for the same --from-model and training fields)")
+    ap.add_argument("--cross-fit-gaps", type=int, nargs="+", default=[0], metavar="G",
+                    help="basis models: encode the training fields for the coders once per gap G, each with a "
+                         "basis computed without it and its G neighbours on either side (default 0)")
     ap.add_argument("--arm-hidden", type=int, default=24)
     ap.add_argument("--arm-steps", type=int, default=3000)
     ap.add_argument("--arm-chunk-items", type=int, default=1,
@@ -195,7 +198,8 @@ def _table_sets(model: GridModel, train: np.ndarray, args: argparse.Namespace) -
                 for lam, _, key in keys:
                     cache.setdefault(lam, []).append(f[key])
     out = fit_coders(model, train, args.table_sets, table_sets=True, arm=args.arm, arm_hidden=args.arm_hidden,
-                     arm_steps=args.arm_steps, latents=cache, arm_chunk_items=args.arm_chunk_items, log=lambda r: print(
+                     arm_steps=args.arm_steps, latents=cache, arm_chunk_items=args.arm_chunk_items,
+                     cross_fit_gaps=args.cross_fit_gaps, log=lambda r: print(
                          f"  {r.get('rate_weight', r.get('arm'))}: {r['time_s']:.0f}s", flush=True))
     if cache is not None:
         np.savez(args.latents_cache, **{f"{lam}/{lv}": g for lam, grids in cache.items() for lv, g in enumerate(grids)})

@@ -793,7 +793,7 @@ def fit_table_sets(model: GridModel, data: np.ndarray, rate_weights: Sequence[fl
 def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float], *, table_sets: bool = True,
                arm: bool = False, steps: int | None = None, log: Any = None, arm_hidden: int = 24,
                arm_steps: int = 3000, latents: dict[float, list[np.ndarray]] | None = None,
-               arm_chunk_items: int = 1) -> GridModel:
+               arm_chunk_items: int = 1, cross_fit_gaps: Sequence[int] = (0,)) -> GridModel:
     """A copy of ``model`` with entropy coders fitted on the latents its own encoder finds
     for training fields ``data (N, H, W)`` at each rate weight (``steps``: encoder steps,
     default the model's): ``table_sets`` one table set per rate weight (replacing the
@@ -805,9 +805,19 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     this model (rate weights found there are not encoded again; new ones are added).
     ``arm_chunk_items`` > 1: the ARM gets the item context (each field's previous one in the
     chunk, :mod:`~coinpp_pipeline.latent_arm`), trained on runs of that many consecutive
-    training fields as chunks (the fields in ``data`` order: give them in archive order)."""
+    training fields as chunks (the fields in ``data`` order: give them in archive order).
+    ``cross_fit_gaps`` (basis models): each gap ``g`` is one pass over the training fields,
+    each field encoded with a basis computed without it and without its ``g`` neighbours on
+    either side (``data`` in archive order) — a held-out field lies further from the
+    training fields than a left-out field does from its neighbours; several gaps give the
+    coders that spread (and more items)."""
     if arm_chunk_items < 1:
         raise ValueError(f"arm_chunk_items must be >= 1, got {arm_chunk_items}")
+    gaps = [int(g) for g in dict.fromkeys(cross_fit_gaps)]
+    if not gaps or min(gaps) < 0:
+        raise ValueError(f"cross_fit_gaps must be integers >= 0, got {list(cross_fit_gaps)}")
+    if gaps != [0] and not model.config.basis:
+        raise ValueError("cross_fit_gaps apply to models with a basis")
     lams = [float(lam) for lam in dict.fromkeys(rate_weights)]
     if not lams or any(not (math.isfinite(lam) and lam >= 0) for lam in lams):
         raise ValueError(f"rate weights must be finite numbers >= 0, got {list(rate_weights)}")
@@ -819,16 +829,20 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     k = model.config.max_symbol
     sets, pooled = [], []
     t0 = time.perf_counter()
-    folds = _cross_fitted(model, normed, valid)
+    folds = [(m, f) for g in gaps for m, f in _cross_fitted(model, normed, valid, gap=g)]
+    n_items = x.shape[0] * len(gaps)
     for lam in lams:
         if latents is not None and lam in latents:
             grids = latents[lam]
+            if grids[0].shape[0] != n_items:
+                raise ValueError(f"latents cache for rate weight {lam} holds {grids[0].shape[0]} items, expected "
+                                 f"{n_items} ({x.shape[0]} fields x {len(gaps)} cross-fit gaps)")
         else:
             grids = [np.concatenate(g) for g in zip(*(m.fit_fields(normed[f], valid[f], n_steps, lam)
                                                       for m, f in folds), strict=True)]
             if latents is not None:
                 latents[lam] = grids
-        items = [[g[i] for g in grids] for i in range(x.shape[0])]
+        items = [[g[i] for g in grids] for i in range(n_items)]
         pooled += items
         if table_sets:
             sets.append(GridEntropyModel.fit(items, k, model.config.contexts))
@@ -836,7 +850,9 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
             log({"rate_weight": lam, "fields": x.shape[0], "time_s": time.perf_counter() - t0})
     source = {"encoder_steps": n_steps, "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}
     if len(folds) > 1:
-        source["basis_folds"] = len(folds)
+        source["basis_folds"] = len(folds) // len(gaps)
+    if gaps != [0]:
+        source["basis_gaps"] = gaps
     report = dict(model.report)
     if table_sets:
         report |= {"table_sets": lams, "table_sets_from": source}
@@ -845,7 +861,7 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
         t1 = time.perf_counter()
         starts = None
         if arm_chunk_items > 1:  # per rate weight's block of fields: a chunk every arm_chunk_items
-            starts = [i % arm_chunk_items == 0 for _ in lams for i in range(x.shape[0])]
+            starts = [i % arm_chunk_items == 0 for _ in lams for _ in gaps for i in range(x.shape[0])]
         new_arm = fit_arm(pooled, k, hidden=arm_hidden, steps=arm_steps, starts=starts)
         report |= {"arm": {"rate_weights": lams, "hidden": arm_hidden, "steps": arm_steps, **source,
                            **({"chunk_items": arm_chunk_items} if arm_chunk_items > 1 else {}),
@@ -862,24 +878,30 @@ CROSS_FIT_FIELDS = 32
 CROSS_FIT_FOLDS = 8
 
 
-def _cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray) -> list[tuple[GridModel, slice]]:
+def _cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray,
+                  gap: int = 0) -> list[tuple[GridModel, slice]]:
     """``(model, fields)`` pairs — contiguous slices covering ``0 .. N`` in order — to encode the
-    training fields ``normed (N, H, W)`` with, for fitting entropy coders. Without a basis: the model for all. With one, the
-    training fields' own principal components would absorb their anomalies (16 components
-    of 17 t2m fields span them all: the latents come out nearly empty, unlike any held-out
-    field's), so each field is encoded with a basis of the same size computed without it —
-    leave-one-out up to :data:`CROSS_FIT_FIELDS` fields, else :data:`CROSS_FIT_FOLDS` folds."""
+    training fields ``normed (N, H, W)`` with, for fitting entropy coders. Without a basis: the
+    model for all. With one, the training fields' own principal components would absorb their
+    anomalies (16 components of 17 t2m fields span them all: the latents come out nearly
+    empty, unlike any held-out field's), so each field is encoded with a basis of the same
+    size computed without it — leave-one-out up to :data:`CROSS_FIT_FIELDS` fields, else
+    :data:`CROSS_FIT_FOLDS` folds — and without ``gap`` more fields on either side of its
+    fold. Components beyond what the remaining fields span (their number minus one) are zero."""
     n, k = normed.shape[0], model.config.basis
     if not k:
         return [(model, slice(0, n))]
     n_folds = n if n <= CROSS_FIT_FIELDS else CROSS_FIT_FOLDS
-    if n - -(-n // n_folds) < k:
-        raise ValueError(f"cross-fitting a {k}-component basis needs more than {k} training fields per fold; got {n}")
     out = []
     for fold in np.array_split(np.arange(n), n_folds):
         part = slice(int(fold[0]), int(fold[-1]) + 1)
-        rest = np.r_[0 : part.start, part.stop : n]
-        basis, _ = principal_components(normed[rest], valid[rest], k)
+        rest = np.r_[0 : max(part.start - gap, 0), min(part.stop + gap, n) : n]
+        if len(rest) < 2:
+            raise ValueError(f"cross-fitting a basis needs at least 2 training fields outside each fold and its "
+                             f"gap of {gap} on either side; got {n} fields")
+        basis = np.zeros((k, *normed.shape[1:]), np.float32)
+        span = min(k, len(rest) - 1)
+        basis[:span] = principal_components(normed[rest], valid[rest], span)[0]
         net = GridSynthesis(model.config)
         net.load_state_dict(model.network.state_dict() | {"basis": torch.from_numpy(basis)})
         out.append((model._replace(network=net, report=None), part))

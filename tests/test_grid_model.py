@@ -744,8 +744,28 @@ def test_coders_of_a_basis_model_are_fitted_on_cross_fitted_latents(gmodel: Grid
     assert nz_cross > 1.15 * nz_in, (nz_cross, nz_in)  # 1890 vs 1505 here
     m = fit_coders(full, six, [0.3], table_sets=True, steps=20)
     assert m.report["table_sets_from"]["basis_folds"] == 6 and m.config.basis == 5
+    # with a gap, the neighbours leave the basis too; components beyond their span are zero
+    gapped = _cross_fitted(full, normed, valid, gap=1)
+    assert [(f.start, f.stop) for _, f in gapped] == [(i, i + 1) for i in range(6)]
+    rank = [int((np.abs(g.network.basis.numpy()).reshape(5, -1).max(1) > 0).sum()) for g, _ in gapped]  # type: ignore[union-attr]
+    assert rank == [3, 2, 2, 2, 2, 3]  # fields 2..5 / 3..5 / {0, 4, 5} / {0, 1, 5} / 0..2 / 0..3 remain
+
+    def residual(folds: list[tuple[GridModel, slice]]) -> float:
+        out = 0.0
+        for g, f in folds:
+            b = g.network.basis.numpy().astype(np.float64)  # type: ignore[union-attr]
+            r = normed[f][0] - np.einsum("k,khw->hw", np.einsum("hw,khw->k", normed[f][0], b) / b[0].size, b)
+            out += float((r**2).mean())
+        return out
+
+    assert residual(gapped) > 1.2 * residual(folds)  # a held-out-like distance from the basis
+    m2 = fit_coders(full, six, [0.3], table_sets=True, steps=10, cross_fit_gaps=[0, 1])
+    assert m2.report["table_sets_from"]["basis_gaps"] == [0, 1]
+    assert m2.table_sets[0].counts.sum() > m.table_sets[0].counts.sum()  # twice the items counted
     with pytest.raises(ValueError, match="cross-fitting"):
-        fit_coders(fit_basis(gmodel, six, 6), six, [0.3], steps=5)
+        fit_coders(full, six, [0.3], steps=5, cross_fit_gaps=[3])
+    with pytest.raises(ValueError, match="models with a basis"):
+        fit_coders(gmodel, six, [0.3], steps=5, cross_fit_gaps=[1])
 
 
 def test_basis_trained_in_the_loop_and_analysis(train_data: np.ndarray, held_out: np.ndarray) -> None:
