@@ -848,7 +848,7 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
             sets.append(GridEntropyModel.fit(items, k, model.config.contexts))
         if log is not None:
             log({"rate_weight": lam, "fields": x.shape[0], "time_s": time.perf_counter() - t0})
-    source = {"encoder_steps": n_steps, "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}
+    source: dict[str, Any] = {"encoder_steps": n_steps, "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}
     if len(folds) > 1:
         source["basis_folds"] = len(folds) // len(gaps)
     if gaps != [0]:
