@@ -64,6 +64,7 @@ from datasets import load  # noqa: E402
 from coinpp_pipeline.grid_model import (  # noqa: E402
     GridModel,
     GridTrainConfig,
+    finetune_for_basis,
     fit_analysis,
     fit_basis,
     fit_coders,
@@ -103,6 +104,11 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--latents-cache", default=None, metavar="NPZ",
                     help="with --table-sets: reuse / save the encoder's training latents per rate weight here "
                          "(only valid for the same --from-model and training fields)")
+    ap.add_argument("--basis-finetune-steps", type=int, default=0, metavar="N",
+                    help="with --from-model of a basis model: train its synthesis N more steps on the training "
+                         "fields' residuals after bases computed without them and their --cross-fit-gaps "
+                         "neighbours (finetune_for_basis; uses --lr, --latent-lr, --batch, --rate-weights, "
+                         "--ste-fraction, --sga-fraction, --seed); drops table sets / ARM: add --table-sets")
     ap.add_argument("--cross-fit-gaps", type=int, nargs="+", default=[0], metavar="G",
                     help="basis models: encode the training fields for the coders once per gap G, each with a "
                          "basis computed without it and its G neighbours on either side (default 0)")
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> str:
         if not isinstance(base, GridModel):
             ap.error(f"--from-model {args.from_model} is not a grid model")
         model = base.with_encoding(**encoding)
-        if args.analysis_steps or args.table_sets or args.basis or args.coeff_coder:
+        if args.analysis_steps or args.table_sets or args.basis or args.coeff_coder or args.basis_finetune_steps:
             train = _train_fields(args.dataset)
             if args.coeff_coder:
                 model = fit_coefficient_coder(model, train)
@@ -149,6 +155,15 @@ def main(argv: list[str] | None = None) -> str:
                 model = fit_basis(model, train, args.basis)
                 print(f"basis of {args.basis} principal components: {model.report['basis']['energy']:.3f} "
                       f"of the training anomalies' energy", flush=True)
+            if args.basis_finetune_steps:
+                tc = GridTrainConfig(steps=args.basis_finetune_steps, batch=args.batch,
+                                     rate_weights=tuple(args.rate_weights), lr=args.lr, latent_lr=args.latent_lr,
+                                     seed=args.seed, device=args.device, ste_fraction=args.ste_fraction,
+                                     sga_fraction=args.sga_fraction, log_every=max(args.basis_finetune_steps // 10, 1))
+                print(f"fine-tuning the synthesis for the basis ({args.basis_finetune_steps} steps, gaps "
+                      f"{args.cross_fit_gaps})", flush=True)
+                model = finetune_for_basis(model, train, tc, gaps=args.cross_fit_gaps, log=lambda r: print(
+                    f"  step {r['step']:5d}  mse {r['mse']:.4f}  bpv {r['bpv']:.4f}  {r['time_s']:.0f}s", flush=True))
             if args.analysis_steps:
                 model = _analysis(model, train, args)
             if args.table_sets:

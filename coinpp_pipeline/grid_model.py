@@ -576,11 +576,37 @@ def train_grid_model(
         net.basis.copy_(torch.from_numpy(basis))  # type: ignore[union-attr]
         with torch.no_grad():
             coeffs.copy_(project_on_basis(normed[item], net.basis))  # type: ignore[arg-type]
-    opt = torch.optim.Adam([{"params": net.parameters(), "lr": train.lr},
-                            {"params": [*latents, coeffs], "lr": train.latent_lr}])
+    clim = climatology_input(mean32, device) if config.climatology else None
+    final, history, seconds = _auto_decode(net, latents, normed, mask, item, lams, train, clim, coeffs, log)
+    entropy = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], config.max_symbol,
+                                   config.contexts)
+    report = {"kind": KIND, "train": train.to_dict(), "items": int(x.shape[0]), "field_shape": list(hw),
+              "device": str(device),
+              "history": history, "train_seconds": seconds}
+    if energy is not None:
+        report["basis"] = {"components": config.basis, "fields": int(x.shape[0]), "energy": energy}
+    coder = CoefficientCoder.fit(coeffs.detach().cpu().numpy()) if config.basis else None
+    return GridModel(config, net.cpu(), mean32, std, entropy, report, coeff_coder=coder)
+
+
+def _auto_decode(net: GridSynthesis, latents: list[torch.nn.Parameter], targets: torch.Tensor, mask: torch.Tensor,
+                 item: torch.Tensor, lams: torch.Tensor, train: GridTrainConfig, clim: torch.Tensor | None,
+                 coeffs: torch.nn.Parameter | None, log: Any = None) -> tuple[list[np.ndarray], list[dict[str, float]], float]:
+    """Optimise the synthesis ``net`` and one latent set per row of ``item`` / ``lams`` jointly
+    (auto-decoder) on ``targets (N, H, W)`` (normalised, 0 at missing points; ``mask`` 1 where
+    valid): set ``j`` reconstructs ``targets[item[j]]`` at rate weight ``lams[j]``. Adam with
+    cosine decay; additive uniform noise stands in for rounding, then straight-through rounding
+    for the next ``train.ste_fraction`` of the steps and stochastic Gumbel annealing for the
+    last ``train.sga_fraction``. With a basis in ``net``: ``coeffs (len(item), k)`` trained
+    alongside, or None for zero coefficients (targets that are already basis residuals).
+    Returns the rounded, clipped latents ``L × (len(item), h_l, w_l)``, the log and seconds."""
+    device = targets.device
+    hw = (targets.shape[1], targets.shape[2])
+    group = [*latents] if coeffs is None else [*latents, coeffs]
+    opt = torch.optim.Adam([{"params": net.parameters(), "lr": train.lr}, {"params": group, "lr": train.latent_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(train.steps, 1))
     gen = torch.Generator(device="cpu").manual_seed(train.seed)
-    clim = climatology_input(mean32, device) if config.climatology else None
+    k_basis = 0 if net.basis is None else net.basis.shape[0]
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     net.train()
@@ -597,9 +623,11 @@ def train_grid_model(
         else:
             tau = sga_temperature(step - (train.steps - n_sga), n_sga)
             zq = [soft_round_sga(z, tau, gen) for z in zs]
-        rec = net(zq, clim, hw, coeffs[bi] if config.basis else None)
-        xm, mm = normed[item[bi]], mask[item[bi]]
-        mse = masked_mse(rec, xm, mm)
+        c = None
+        if k_basis:
+            c = coeffs[bi] if coeffs is not None else torch.zeros(len(bi), k_basis, device=device)
+        rec = net(zq, clim, hw, c)
+        mse = masked_mse(rec, targets[item[bi]], mask[item[bi]])
         bpv = net.rate_bits(noisy, rounded) / (hw[0] * hw[1])
         loss = (mse + lams[bi] * bpv).mean()
         opt.zero_grad()
@@ -613,16 +641,58 @@ def train_grid_model(
             if log is not None:
                 log(rec_)
     net.eval()
-    k = config.max_symbol
+    k = net.config.max_symbol
     final = [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in latents]
-    entropy = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], k, config.contexts)
-    report = {"kind": KIND, "train": train.to_dict(), "items": int(x.shape[0]), "field_shape": list(hw),
-              "device": str(device),
-              "history": history, "train_seconds": time.perf_counter() - t0}
-    if energy is not None:
-        report["basis"] = {"components": config.basis, "fields": int(x.shape[0]), "energy": energy}
-    coder = CoefficientCoder.fit(coeffs.detach().cpu().numpy()) if config.basis else None
-    return GridModel(config, net.cpu(), mean32, std, entropy, report, coeff_coder=coder)
+    return final, history, time.perf_counter() - t0
+
+
+def finetune_for_basis(model: GridModel, data: np.ndarray, train: GridTrainConfig, *,
+                       gaps: Sequence[int] = (2, 6), log: Any = None) -> GridModel:
+    """A copy of basis ``model`` whose synthesis (and rate proxy) is trained further on the task
+    a held-out field poses: each training field ``data (N, H, W)`` (archive order) minus its
+    projection on a basis computed without it and its ``g`` neighbours on either side
+    (:func:`_cross_fitted`, one target per field and gap), coded by fresh auto-decoder latents
+    per target and rate weight (:func:`_auto_decode`, ``train``'s schedule; the network starts
+    from the model's). A basis added after training leaves a synthesis trained on whole
+    anomalies; held-out fields need it for what the basis cannot express. Basis and
+    coefficient coder are kept, the pooled entropy tables recounted from the new latents;
+    table sets and ARM (fitted for the old network) are dropped: refit them
+    (:func:`fit_coders`)."""
+    if not model.config.basis:
+        raise ValueError("finetune_for_basis needs a model with a basis (fit_basis)")
+    gap_list = list(dict.fromkeys(int(g) for g in gaps))
+    if not gap_list or min(gap_list) < 0:
+        raise ValueError(f"gaps must be integers >= 0, got {list(gaps)}")
+    x, valid = _fields_to_fit(model, data)
+    normed = np.where(valid, model._normalise(x), 0.0)
+    parts = []
+    for g in gap_list:
+        for m, f in _cross_fitted(model, normed, valid, gap=g):
+            t = torch.from_numpy(normed[f].astype(np.float32))
+            b = m.network.basis
+            assert isinstance(b, torch.Tensor)
+            with torch.no_grad():
+                parts.append(t - torch.einsum("bk,khw->bhw", project_on_basis(t, b), b))
+    targets = torch.cat(parts).to(model.device)
+    mask = torch.from_numpy(np.concatenate([valid] * len(gap_list)).astype(np.float32)).to(model.device)
+    n = targets.shape[0]
+    lams = torch.tensor([lam for _ in range(n) for lam in train.rate_weights], device=model.device)
+    item = torch.tensor([i for i in range(n) for _ in train.rate_weights], device=model.device)
+    net = copy.deepcopy(model.network)
+    assert isinstance(net, GridSynthesis)
+    latents = [torch.nn.Parameter(torch.zeros((len(item), *s), device=model.device))
+               for s in model.config.level_shapes((x.shape[1], x.shape[2]))]
+    torch.manual_seed(train.seed)
+    final, history, seconds = _auto_decode(net, latents, targets, mask, item, lams, train, model._climatology(),
+                                           None, log)
+    tables = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], model.config.max_symbol,
+                                  model.config.contexts)
+    report = {k: v for k, v in model.report.items() if k not in ("table_sets", "table_sets_from", "arm")}
+    report["basis_finetune"] = {"from": model.sha256, "gaps": gap_list,
+                                "fields": int(x.shape[0]), "train": train.to_dict(), "history": history,
+                                "seconds": seconds}
+    return GridModel(model.config, net.cpu(), model.mean, float(model.std[0]), tables, report,
+                     coeff_coder=model.coeff_coder).to(model.device)
 
 
 def _fields_to_fit(model: GridModel, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
