@@ -660,9 +660,7 @@ def finetune_for_basis(model: GridModel, data: np.ndarray, train: GridTrainConfi
     (:func:`fit_coders`)."""
     if not model.config.basis:
         raise ValueError("finetune_for_basis needs a model with a basis (fit_basis)")
-    gap_list = list(dict.fromkeys(int(g) for g in gaps))
-    if not gap_list or min(gap_list) < 0:
-        raise ValueError(f"gaps must be integers >= 0, got {list(gaps)}")
+    gap_list = _gap_list(gaps)
     x, valid = _fields_to_fit(model, data)
     normed = np.where(valid, model._normalise(x), 0.0)
     parts = []
@@ -682,7 +680,6 @@ def finetune_for_basis(model: GridModel, data: np.ndarray, train: GridTrainConfi
     assert isinstance(net, GridSynthesis)
     latents = [torch.nn.Parameter(torch.zeros((len(item), *s), device=model.device))
                for s in model.config.level_shapes((x.shape[1], x.shape[2]))]
-    torch.manual_seed(train.seed)
     final, history, seconds = _auto_decode(net, latents, targets, mask, item, lams, train, model._climatology(),
                                            None, log)
     tables = GridEntropyModel.fit([[g[i] for g in final] for i in range(len(item))], model.config.max_symbol,
@@ -883,9 +880,7 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     coders that spread (and more items)."""
     if arm_chunk_items < 1:
         raise ValueError(f"arm_chunk_items must be >= 1, got {arm_chunk_items}")
-    gaps = [int(g) for g in dict.fromkeys(cross_fit_gaps)]
-    if not gaps or min(gaps) < 0:
-        raise ValueError(f"cross_fit_gaps must be integers >= 0, got {list(cross_fit_gaps)}")
+    gaps = _gap_list(cross_fit_gaps)
     if gaps != [0] and not model.config.basis:
         raise ValueError("cross_fit_gaps apply to models with a basis")
     lams = [float(lam) for lam in dict.fromkeys(rate_weights)]
@@ -946,6 +941,14 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
 #: this many folds).
 CROSS_FIT_FIELDS = 32
 CROSS_FIT_FOLDS = 8
+
+
+def _gap_list(gaps: Sequence[int]) -> list[int]:
+    """Cross-fitting gaps (:func:`_cross_fitted`) without repeats, checked."""
+    out = [int(g) for g in dict.fromkeys(gaps)]
+    if not out or min(out) < 0:
+        raise ValueError(f"cross-fitting gaps must be integers >= 0, got {list(gaps)}")
+    return out
 
 
 def _cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray,

@@ -792,7 +792,7 @@ def test_finetune_for_basis(gmodel: GridModel, train_data: np.ndarray, held_out:
     assert out.shape == (2, *held_out.shape[1:]) and np.isfinite(out).all()
     with pytest.raises(ValueError, match="needs a model with a basis"):
         finetune_for_basis(gmodel, six, tc)
-    with pytest.raises(ValueError, match="gaps must be"):
+    with pytest.raises(ValueError, match="gaps must be integers >= 0"):
         finetune_for_basis(base, six, tc, gaps=[-1])
 
 
