@@ -142,10 +142,13 @@ class CoefficientCoder:
         """Symbols ``(B, k)`` -> coefficients ``(B, k)`` float32."""
         return (np.asarray(q, np.float64) * step_size(e)).astype(np.float32)
 
+    def _table_codes(self, e: int) -> list[int]:
+        """Per component, the scale code of its table at step code ``e``."""
+        return [int(v) for v in np.clip(self.scale_codes + e - 32, *SCALE_CODES)]
+
     def _models(self, e: int) -> list[Any]:
         """Per component, its constriction model at step code ``e``."""
-        t = np.clip(self.scale_codes + e - 32, *SCALE_CODES)
-        return [_model(int(v)) for v in t]
+        return [_model(t) for t in self._table_codes(e)]
 
     def compress(self, q: np.ndarray, e: int) -> bytes:
         """Symbols ``(B, k)`` at step code ``e`` -> payload (``u8 e`` + range-coder words)."""
@@ -185,8 +188,8 @@ class CoefficientCoder:
     def code_length_bits(self, q: np.ndarray, e: int) -> float:
         """Ideal code length (bits) of symbols ``(B, k)`` at step code ``e``."""
         q = np.asarray(q, np.int64)
-        t = np.clip(self.scale_codes + e - 32, *SCALE_CODES)
-        return float(-sum(np.log2(_probabilities(int(v))[q[:, j] + MAX_SYMBOL]).sum() for j, v in enumerate(t)))
+        return float(-sum(np.log2(_probabilities(t)[q[:, j] + MAX_SYMBOL]).sum()
+                          for j, t in enumerate(self._table_codes(e))))
 
     def to_tensors(self) -> dict[str, Any]:
         return {"coeffs.scale": self.scale_codes.astype(np.int64)}

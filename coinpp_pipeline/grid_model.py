@@ -665,12 +665,9 @@ def finetune_for_basis(model: GridModel, data: np.ndarray, train: GridTrainConfi
     normed = np.where(valid, model._normalise(x), 0.0)
     parts = []
     for g in gap_list:
-        for m, f in _cross_fitted(model, normed, valid, gap=g):
-            t = torch.from_numpy(normed[f].astype(np.float32))
-            b = m.network.basis
-            assert isinstance(b, torch.Tensor)
-            with torch.no_grad():
-                parts.append(t - torch.einsum("bk,khw->bhw", project_on_basis(t, b), b))
+        for basis, f in _fold_bases(normed, valid, model.config.basis, g):
+            t, b = torch.from_numpy(normed[f].astype(np.float32)), torch.from_numpy(basis)
+            parts.append(t - torch.einsum("bk,khw->bhw", project_on_basis(t, b), b))
     targets = torch.cat(parts).to(model.device)
     mask = torch.from_numpy(np.concatenate([valid] * len(gap_list)).astype(np.float32)).to(model.device)
     n = targets.shape[0]
@@ -957,13 +954,26 @@ def _cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray,
     training fields ``normed (N, H, W)`` with, for fitting entropy coders. Without a basis: the
     model for all. With one, the training fields' own principal components would absorb their
     anomalies (16 components of 17 t2m fields span them all: the latents come out nearly
-    empty, unlike any held-out field's), so each field is encoded with a basis of the same
-    size computed without it — leave-one-out up to :data:`CROSS_FIT_FIELDS` fields, else
-    :data:`CROSS_FIT_FOLDS` folds — and without ``gap`` more fields on either side of its
-    fold. Components beyond what the remaining fields span (their number minus one) are zero."""
+    empty, unlike any held-out field's), so each fold is encoded with a copy of the model whose
+    basis comes from :func:`_fold_bases`."""
     n, k = normed.shape[0], model.config.basis
     if not k:
         return [(model, slice(0, n))]
+    out = []
+    for basis, part in _fold_bases(normed, valid, k, gap):
+        net = GridSynthesis(model.config)
+        net.load_state_dict(model.network.state_dict() | {"basis": torch.from_numpy(basis)})
+        out.append((model._replace(network=net, report=None), part))
+    return out
+
+
+def _fold_bases(normed: np.ndarray, valid: np.ndarray, k: int, gap: int = 0) -> list[tuple[np.ndarray, slice]]:
+    """``(basis (k, H, W) float32, fields)`` per fold of the training fields ``normed (N, H, W)``
+    (contiguous slices covering ``0 .. N`` in order): leave-one-out up to
+    :data:`CROSS_FIT_FIELDS` fields, else :data:`CROSS_FIT_FOLDS` folds; each basis computed
+    without the fold and ``gap`` more fields on either side of it. Components beyond what the
+    remaining fields span (their number minus one) are zero."""
+    n = normed.shape[0]
     n_folds = n if n <= CROSS_FIT_FIELDS else CROSS_FIT_FOLDS
     out = []
     for fold in np.array_split(np.arange(n), n_folds):
@@ -975,9 +985,7 @@ def _cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray,
         basis = np.zeros((k, *normed.shape[1:]), np.float32)
         span = min(k, len(rest) - 1)
         basis[:span] = principal_components(normed[rest], valid[rest], span)[0]
-        net = GridSynthesis(model.config)
-        net.load_state_dict(model.network.state_dict() | {"basis": torch.from_numpy(basis)})
-        out.append((model._replace(network=net, report=None), part))
+        out.append((basis, part))
     return out
 
 
