@@ -12,22 +12,32 @@ Sized to finish in well under 5 minutes on one GPU: a short timed meta-training 
 ERA5 sample (first 5 days), then encode/decode of the 7 held-out fields, repeated, after a
 warm-up. Prints one table; writes JSON to benchmarks/results/. The quality of the short run is
 not the point (see era5_core.py for that); throughput is.
+
+With ``--grid-model FILE`` (a trained t2m model, e.g. from ``grid_train.py``) it also times
+that model on the device: training steps/s in its own configuration, then per
+``--rate-weights`` lambda encoding the 7 held-out fields at its default step count (ratio and
+PSNR printed, chunk bytes written to ``--out`` so they can be decoded on another machine:
+``--check-blobs DIR`` decodes them here and compares) and the same fields tiled four times
+(one batch of 28 fields on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from coinpp_pipeline import ModelConfig, TrainConfig, meta_train
+from coinpp_pipeline import Model, ModelConfig, TrainConfig, meta_train
 from coinpp_pipeline.grid_model import GridTrainConfig, fit_analysis, train_grid_model
 from coinpp_pipeline.latent_grid import GridConfig
 from coinpp_pipeline.metalearning import pick_device
+from coinpp_pipeline.metrics import psnr
 from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
 
 
@@ -50,10 +60,98 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--grid-analysis-steps", type=int, default=100,
                     help="analysis-network fitting steps timed (then encode with its guess alone, steps=0)")
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--grid-model", default=None, help="a trained t2m latent-grid model file to time")
+    ap.add_argument("--rate-weights", type=float, nargs="+", default=[1.0, 3.0])
+    ap.add_argument("--model-train-steps", type=int, default=100,
+                    help="training steps timed in the --grid-model's configuration")
+    ap.add_argument("--model-encode-steps", type=int, default=None,
+                    help="encoder steps for the --grid-model (default: the model's)")
+    ap.add_argument("--check-blobs", default=None,
+                    help="decode the chunk bytes a --grid-model run wrote to this folder (on this "
+                         "machine) and compare with what that run decoded")
+    ap.add_argument("--skip-base", action="store_true", help="time only the --grid-model")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     files = list_sources(str(SAMPLE_ERA5))
     train, test = load_variable(files[:5], "t2m"), load_variable(files[5:], "t2m")
+    if args.check_blobs:
+        return check_blobs(args, test)
+    rows = [] if args.skip_base else base_rows(args, device, train, test)
+    if args.grid_model:
+        rows += model_rows(args, device, train, test)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {name}; model {args.depth}x{args.width}, 16x16 patches, t2m (7, 181, 360) held-out")
+    for r in rows:
+        print(f"  {r['what']:<62} {r['value']:>10.2f} {r['unit']}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"device": name, "args": vars(args), "rows": rows}
+    (out / f"gpu_throughput_{device.type}.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _timed(device: torch.device, fn, *a, **kw):  # type: ignore[no-untyped-def]
+    _sync(device)
+    t = time.perf_counter()
+    out = fn(*a, **kw)
+    _sync(device)
+    return out, time.perf_counter() - t
+
+
+def model_rows(args: argparse.Namespace, device: torch.device, train: np.ndarray, test: np.ndarray) -> list[dict]:
+    """Time a trained latent-grid model: training steps/s in its configuration, encode and
+    decode of the held-out fields per rate weight (bytes and decoded fields saved)."""
+    gm = Model.load(args.grid_model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    mb = test.nbytes / 1e6
+    if args.model_train_steps:
+        tc = GridTrainConfig(steps=args.model_train_steps, batch=6, device=str(device),
+                             log_every=args.model_train_steps)
+        # trained without its basis (added afterwards by grid_train.py, as for the t2m models)
+        _, s = _timed(device, train_grid_model, train, dataclasses.replace(gm.config, basis=0), tc)
+        rows.append({"what": "the model's configuration: train, batch 6 fields",
+                     "value": args.model_train_steps / s, "unit": "steps/s"})
+        print(rows[-1], flush=True)
+    gm.to(str(device))
+    gm.encode(test[:1], steps=5)  # warm-up
+    steps = args.model_encode_steps or gm.config.encode_steps
+    for lam in args.rate_weights:
+        blob, s = _timed(device, gm.encode, test, rate_weight=lam, steps=steps)
+        dec, sd = _timed(device, gm.decode, blob)
+        ratio = test.nbytes / len(blob)
+        rows.append({"what": f"model: encode 7 fields, {steps} steps, lambda {lam:g} "
+                             f"({ratio:.1f}x, {psnr(test, dec):.2f} dB)", "value": mb / s, "unit": "MB/s"})
+        rows.append({"what": f"model: decode, lambda {lam:g}", "value": mb / sd, "unit": "MB/s"})
+        print(rows[-2], rows[-1], flush=True)
+        (out / f"t2m_lam{lam:g}.chunk").write_bytes(blob)
+        np.save(out / f"t2m_lam{lam:g}_decoded.npy", dec.astype(np.float32))
+    tiled = np.concatenate([test] * 4)
+    _, s = _timed(device, gm.encode, tiled, rate_weight=args.rate_weights[0], steps=steps)
+    rows.append({"what": f"model: encode 28 fields (7 tiled 4x), {steps} steps",
+                 "value": tiled.nbytes / 1e6 / s, "unit": "MB/s"})
+    print(rows[-1], flush=True)
+    return rows
+
+
+def check_blobs(args: argparse.Namespace, test: np.ndarray) -> dict:
+    """Decode chunk bytes another machine wrote (``model_rows``) with ``--grid-model`` here;
+    compare with the fields that machine decoded."""
+    gm = Model.load(args.grid_model).to(args.device or "cpu")
+    result = {}
+    for chunk in sorted(Path(args.check_blobs).glob("t2m_lam*.chunk")):
+        dec = gm.decode(chunk.read_bytes())
+        theirs = np.load(chunk.with_name(chunk.stem + "_decoded.npy")).astype(np.float64)
+        diff = float(np.abs(dec - theirs).max())
+        result[chunk.name] = {"ratio": test.nbytes / chunk.stat().st_size, "psnr_here": psnr(test, dec),
+                              "psnr_there": psnr(test, theirs), "max_abs_diff": diff}
+        print(f"{chunk.name}: {result[chunk.name]}")
+    return result
+
+
+def base_rows(args: argparse.Namespace, device: torch.device, train: np.ndarray, test: np.ndarray) -> list[dict]:
+    """The patch model and an untrained-configuration latent-grid model, trained briefly."""
     cfg = ModelConfig(grid="latlon", patch_shape=(16, 16), coords="both", depth=args.depth,
                       width=args.width, latent_dim=16, bits=6)
     rows = []
@@ -123,15 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
         _sync(device)
         rows.append({"what": "grid model: encode, analysis guess alone (steps=0)", "unit": "MB/s",
                      "value": mb / (time.perf_counter() - t)})
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; model {args.depth}x{args.width}, 16x16 patches, t2m (7, 181, 360) held-out")
     for r in rows:
-        print(f"  {r['what']:<55} {r['value']:>10.2f} {r['unit']}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"device": name, "args": vars(args), "rows": rows}
-    (out / f"gpu_throughput_{device.type}.json").write_text(json.dumps(result, indent=1))
-    return result
+        print(r, flush=True)
+    return rows
 
 
 if __name__ == "__main__":

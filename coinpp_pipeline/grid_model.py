@@ -38,6 +38,9 @@ KIND = "grid"
 #: Points (fields x H x W) fitted together in one encoder batch: small fields are batched
 #: (fewer, larger tensor operations) while activations stay bounded.
 ENCODE_POINTS = 1 << 16
+#: ... on a CUDA device, where small batches leave the GPU idle between kernel launches
+#: (2**21 points: 32 whole 181x360 fields, a few GB of activations).
+ENCODE_POINTS_CUDA = 1 << 21
 #: With an error bound, no rate weight given and a residual left to code at the model's
 #: default lambda, the encoder also tries that lambda divided by this, then by its square,
 #: ..., while the chunk keeps shrinking and still has a residual, at most
@@ -55,12 +58,12 @@ COEFFS_FLOAT16 = 0
 COEFFS_CODED = 1
 
 
-def encode_batches(n: int, hw: tuple[int, int]) -> list[slice]:
-    """Split ``n`` fields of shape ``hw`` into near-equal batches of at most
-    :data:`ENCODE_POINTS` points each (always at least one field per batch)."""
+def encode_batches(n: int, hw: tuple[int, int], points: int = ENCODE_POINTS) -> list[slice]:
+    """Split ``n`` fields of shape ``hw`` into near-equal batches of at most ``points``
+    points each (always at least one field per batch)."""
     if n == 0:
         return []
-    parts = max(1, min(n, math.ceil(n * hw[0] * hw[1] / ENCODE_POINTS)))
+    parts = max(1, min(n, math.ceil(n * hw[0] * hw[1] / points)))
     size = math.ceil(n / parts)
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -341,11 +344,14 @@ class GridModel(Model):
     def fit_fields_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int,
                           rate_weight: float) -> tuple[list[np.ndarray], np.ndarray]:
         """:meth:`fit_grids_coeffs` for any number of fields ``(B, H, W)``, in batches of at
-        most :data:`ENCODE_POINTS` points (:func:`encode_batches`) -> ``L`` grids
-        ``(B, h_l, w_l)`` and basis coefficients ``(B, k)``."""
+        most :data:`ENCODE_POINTS` points (:data:`ENCODE_POINTS_CUDA` on a GPU;
+        :func:`encode_batches`) -> ``L`` grids ``(B, h_l, w_l)`` and basis coefficients
+        ``(B, k)``. Each field's loss is its own: the batching changes only the random draws of the
+        noise / annealing."""
         hw = (normed.shape[1], normed.shape[2])
+        points = ENCODE_POINTS_CUDA if torch.device(self.device).type == "cuda" else ENCODE_POINTS
         parts = [self.fit_grids_coeffs(normed[b], valid[b], steps, rate_weight)
-                 for b in encode_batches(normed.shape[0], hw)]
+                 for b in encode_batches(normed.shape[0], hw, points)]
         grids = [np.concatenate([p[0][lv] for p in parts]) for lv in range(self.config.levels)]
         return grids, np.concatenate([p[1] for p in parts])
 
