@@ -317,7 +317,9 @@ class GridModel(Model):
                     bits = rate_bits(zq, rounded)  # type: ignore[operator]
                     loss = (mse + rate_weight * bits / (shape[0] * shape[1])).sum()
                     opt.zero_grad()
-                    loss.backward()
+                    # gradients of the latents and coefficients alone: the network's own
+                    # (weights, tables) would be computed and dropped
+                    loss.backward(inputs=[*zs, coeffs])
                     opt.step()
                     sched.step()
         return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs], coeffs.detach().cpu().numpy()

@@ -1,0 +1,74 @@
+"""Where a latent-grid encoder step spends its time on a device (session 19, the first H200 run
+showed 28 ms per encoder step for 7 t2m fields and 109 ms per training step).
+
+    python benchmarks/prototypes/gpu_encode_profile.py --model M [--device cuda] [--steps 20]
+
+Times ``steps`` encoder steps on the 7 held-out t2m fields (one batch), then profiles them
+(CPU + CUDA activities): top operators by self CPU time and by device time, and the count of
+host-device copies and synchronisations per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from coinpp_pipeline import Model
+from coinpp_pipeline.metalearning import pick_device
+from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rate-weight", type=float, default=1.0)
+    ap.add_argument("--tile", type=int, default=1, help="the 7 fields repeated this many times")
+    ap.add_argument("--tf32", action="store_true", help="allow TF32 matrix products / convolutions")
+    ap.add_argument("--no-profile", action="store_true")
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    test = np.concatenate([load_variable(list_sources(str(SAMPLE_ERA5))[5:], "t2m")] * args.tile)
+    gm = Model.load(args.model).to(str(device))
+    normed = (test - gm.mean) / float(gm.std[0])
+    valid = np.isfinite(normed)
+
+    def run(steps: int) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        gm.fit_grids_coeffs(normed, valid, steps, args.rate_weight)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    run(3)
+    t0, t1 = run(1), run(args.steps + 1)
+    print(f"{device}: {(t1 - t0) / args.steps * 1e3:.2f} ms per encoder step, {len(test)} fields "
+          f"(encode_rate {gm.config.encode_rate!r}, {gm.config.levels} levels, tf32 {args.tf32}); "
+          f"one step alone {t0 * 1e3:.1f} ms")
+    if args.no_profile:
+        return
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        gm.fit_grids_coeffs(normed, valid, args.steps, args.rate_weight)
+    ka = prof.key_averages()
+    print(ka.table(sort_by="self_cpu_time_total", row_limit=25))
+    if device.type == "cuda":
+        print(ka.table(sort_by="self_device_time_total", row_limit=15))
+    for name in ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaMemcpyAsync",
+                 "aten::to", "aten::copy_", "cudaLaunchKernel"):
+        n = sum(e.count for e in ka if e.key == name)
+        print(f"{name:<28} {n / args.steps:10.1f} per step")
+
+
+if __name__ == "__main__":
+    main()
