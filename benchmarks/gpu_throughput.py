@@ -18,7 +18,7 @@ that model on the device: training steps/s in its own configuration, then per
 ``--rate-weights`` lambda encoding the 7 held-out fields at its default step count (ratio and
 PSNR printed, chunk bytes written to ``--out`` so they can be decoded on another machine:
 ``--check-blobs DIR`` decodes them here and compares) and the same fields tiled four times
-(one batch of 28 fields on a GPU).
+(``--tile``, one batch on a GPU).
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="training steps timed in the --grid-model's configuration")
     ap.add_argument("--model-encode-steps", type=int, default=None,
                     help="encoder steps for the --grid-model (default: the model's)")
+    ap.add_argument("--tile", type=int, default=4,
+                    help="--grid-model: also encode the 7 held-out fields repeated this many times")
     ap.add_argument("--check-blobs", default=None,
                     help="decode the chunk bytes a --grid-model run wrote to this folder (on this "
                          "machine) and compare with what that run decoded")
@@ -127,9 +129,9 @@ def model_rows(args: argparse.Namespace, device: torch.device, train: np.ndarray
         print(rows[-2], rows[-1], flush=True)
         (out / f"t2m_lam{lam:g}.chunk").write_bytes(blob)
         np.save(out / f"t2m_lam{lam:g}_decoded.npy", dec.astype(np.float32))
-    tiled = np.concatenate([test] * 4)
+    tiled = np.concatenate([test] * args.tile)
     _, s = _timed(device, gm.encode, tiled, rate_weight=args.rate_weights[0], steps=steps)
-    rows.append({"what": f"model: encode 28 fields (7 tiled 4x), {steps} steps",
+    rows.append({"what": f"model: encode {len(tiled)} fields (7 tiled {args.tile}x), {steps} steps",
                  "value": tiled.nbytes / 1e6 / s, "unit": "MB/s"})
     print(rows[-1], flush=True)
     return rows

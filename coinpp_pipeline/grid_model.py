@@ -39,8 +39,9 @@ KIND = "grid"
 #: (fewer, larger tensor operations) while activations stay bounded.
 ENCODE_POINTS = 1 << 16
 #: ... on a CUDA device, where small batches leave the GPU idle between kernel launches
-#: (2**21 points: 32 whole 181x360 fields, a few GB of activations).
-ENCODE_POINTS_CUDA = 1 << 21
+#: (2**23 points: 128 whole 181x360 fields; on an H200 an encoder step of the t2m model took
+#: 18 / 14 / 21 / 42 ms for 7 / 28 / 112 / 448 fields, session 19).
+ENCODE_POINTS_CUDA = 1 << 23
 #: With an error bound, no rate weight given and a residual left to code at the model's
 #: default lambda, the encoder also tries that lambda divided by this, then by its square,
 #: ..., while the chunk keeps shrinking and still has a residual, at most
@@ -614,6 +615,8 @@ def _auto_decode(net: GridSynthesis, latents: list[torch.nn.Parameter], targets:
     opt = torch.optim.Adam([{"params": net.parameters(), "lr": train.lr}, {"params": group, "lr": train.latent_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(train.steps, 1))
     gen = torch.Generator(device="cpu").manual_seed(train.seed)
+    # the noise is drawn where it is used: a CPU draw copied to a GPU each step waits for it
+    noise_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(train.seed)
     k_basis = 0 if net.basis is None else net.basis.shape[0]
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -621,7 +624,7 @@ def _auto_decode(net: GridSynthesis, latents: list[torch.nn.Parameter], targets:
     for step in range(train.steps):
         bi = torch.randint(0, len(item), (min(train.batch, len(item)),), generator=gen).to(device)
         zs = [z[bi] for z in latents]
-        noisy = [z + torch.rand(z.shape, generator=gen).to(device) - 0.5 for z in zs]
+        noisy = [z + torch.rand(z.shape, generator=noise_gen, device=device) - 0.5 for z in zs]
         rounded = [torch.round(z).detach() for z in zs]
         n_sga = int(train.sga_fraction * train.steps)
         if step < (1 - train.ste_fraction) * train.steps - n_sga:
@@ -630,7 +633,7 @@ def _auto_decode(net: GridSynthesis, latents: list[torch.nn.Parameter], targets:
             zq = [z + (r - z).detach() for z, r in zip(zs, rounded, strict=True)]
         else:
             tau = sga_temperature(step - (train.steps - n_sga), n_sga)
-            zq = [soft_round_sga(z, tau, gen) for z in zs]
+            zq = [soft_round_sga(z, tau, noise_gen) for z in zs]
         c = None
         if k_basis:
             c = coeffs[bi] if coeffs is not None else torch.zeros(len(bi), k_basis, device=device)
@@ -757,6 +760,7 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
     opt = torch.optim.Adam(analysis.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
+    noise_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     t0 = time.perf_counter()
     net.train()
     for step in range(steps):
@@ -764,7 +768,7 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
         lam = (lo * (hi / lo) ** torch.rand(len(bi), generator=gen)).to(device)
         zs = analysis(xt[bi], clim, lam)
         coeffs = model.basis_coefficients(xt[bi]) if config.basis else None  # the encoder's start
-        noisy = [z + torch.rand(z.shape, generator=gen).to(device) - 0.5 for z in zs]
+        noisy = [z + torch.rand(z.shape, generator=noise_gen, device=device) - 0.5 for z in zs]
         if step >= (1 - ste_fraction) * steps:  # straight-through rounding, as steps=0 will round
             rec = net([z + (torch.round(z) - z).detach() for z in zs], clim, hw, coeffs)
         else:

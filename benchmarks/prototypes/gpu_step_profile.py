@@ -1,16 +1,20 @@
 """Where a latent-grid encoder step spends its time on a device (session 19, the first H200 run
 showed 28 ms per encoder step for 7 t2m fields and 109 ms per training step).
 
-    python benchmarks/prototypes/gpu_encode_profile.py --model M [--device cuda] [--steps 20]
+    python benchmarks/prototypes/gpu_step_profile.py --model M [--device cuda] [--steps 20]
+    python benchmarks/prototypes/gpu_step_profile.py --model M --train [--steps 100]
 
 Times ``steps`` encoder steps on the 7 held-out t2m fields (one batch), then profiles them
 (CPU + CUDA activities): top operators by self CPU time and by device time, and the count of
-host-device copies and synchronisations per step.
+host-device copies and synchronisations per step. With ``--train``: the same for
+``train_grid_model`` in the model's configuration (without its basis, as it was trained), batch
+6, on the 17 training fields (its set-up and table fit included).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -18,6 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from coinpp_pipeline import Model
+from coinpp_pipeline.grid_model import GridTrainConfig, train_grid_model
 from coinpp_pipeline.metalearning import pick_device
 from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
 
@@ -31,6 +36,7 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=1, help="the 7 fields repeated this many times")
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matrix products / convolutions")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--train", action="store_true")
     args = ap.parse_args()
     device = pick_device(args.device)
     if args.tf32:
@@ -38,6 +44,8 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     test = np.concatenate([load_variable(list_sources(str(SAMPLE_ERA5))[5:], "t2m")] * args.tile)
     gm = Model.load(args.model).to(str(device))
+    if args.train:
+        return profile_training(args, gm, device)
     normed = (test - gm.mean) / float(gm.std[0])
     valid = np.isfinite(normed)
 
@@ -64,10 +72,43 @@ def main() -> None:
     print(ka.table(sort_by="self_cpu_time_total", row_limit=25))
     if device.type == "cuda":
         print(ka.table(sort_by="self_device_time_total", row_limit=15))
+    counts(prof, args.steps)
+
+
+def counts(prof: profile, steps: int) -> None:
+    ka = prof.key_averages()
     for name in ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaMemcpyAsync",
                  "aten::to", "aten::copy_", "cudaLaunchKernel"):
         n = sum(e.count for e in ka if e.key == name)
-        print(f"{name:<28} {n / args.steps:10.1f} per step")
+        print(f"{name:<28} {n / steps:10.1f} per step")
+
+
+def profile_training(args: argparse.Namespace, gm: Model, device: torch.device) -> None:
+    train = load_variable(list_sources(str(SAMPLE_ERA5))[:5], "t2m")
+    cfg = dataclasses.replace(gm.config, basis=0)
+
+    def run(steps: int) -> float:
+        tc = GridTrainConfig(steps=steps, batch=6, device=str(device), log_every=max(steps, 1))
+        t = time.perf_counter()
+        train_grid_model(train, cfg, tc)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    run(2)
+    t0, t1 = run(1), run(args.steps + 1)
+    print(f"{device}: {(t1 - t0) / args.steps * 1e3:.2f} ms per training step, batch 6; "
+          f"set-up and table fit {t0:.2f} s")
+    if args.no_profile:
+        return
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        run(args.steps)
+    ka = prof.key_averages()
+    print(ka.table(sort_by="self_cpu_time_total", row_limit=25))
+    if device.type == "cuda":
+        print(ka.table(sort_by="self_device_time_total", row_limit=15))
+    counts(prof, args.steps)
 
 
 if __name__ == "__main__":
