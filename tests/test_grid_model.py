@@ -812,3 +812,19 @@ def test_basis_trained_in_the_loop_and_analysis(train_data: np.ndarray, held_out
 
     with pytest.raises(ValueError, match="already has a basis"):
         fit_basis(m, train_data, 2)
+
+
+def test_table_lookup_matches_indexing_in_value_and_gradient() -> None:
+    from coinpp_pipeline.latent_grid import table_lookup
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(4, 5, 3, generator=gen, requires_grad=True)
+    ctx = tuple(torch.randint(0, n, (2, 7, 9), generator=gen) for n in table.shape)
+    looked, indexed = table_lookup(table, ctx), table[ctx]
+    assert looked.shape == (2, 7, 9)
+    assert torch.equal(looked, indexed)
+    w = torch.randn(looked.shape, generator=gen)
+    (g_lookup,) = torch.autograd.grad((looked * w).sum(), table)
+    (g_index,) = torch.autograd.grad((indexed * w).sum(), table)
+    assert g_index.abs().sum() > 0
+    torch.testing.assert_close(g_lookup, g_index, rtol=1e-6, atol=1e-6)
