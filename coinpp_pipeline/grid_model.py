@@ -352,7 +352,7 @@ class GridModel(Model):
         ``(B, k)``. Each field's loss is its own: the batching changes only the random draws of the
         noise / annealing."""
         hw = (normed.shape[1], normed.shape[2])
-        points = ENCODE_POINTS_CUDA if torch.device(self.device).type == "cuda" else ENCODE_POINTS
+        points = ENCODE_POINTS_CUDA if self.device.type == "cuda" else ENCODE_POINTS
         parts = [self.fit_grids_coeffs(normed[b], valid[b], steps, rate_weight)
                  for b in encode_batches(normed.shape[0], hw, points)]
         grids = [np.concatenate([p[0][lv] for p in parts]) for lv in range(self.config.levels)]
@@ -598,6 +598,13 @@ def train_grid_model(
     return GridModel(config, net.cpu(), mean32, std, entropy, report, coeff_coder=coder)
 
 
+def _noise_generator(cpu_gen: torch.Generator, device: torch.device, seed: int) -> torch.Generator:
+    """The generator of the noise a training loop draws on ``device``: ``cpu_gen`` itself on the
+    CPU (its stream unchanged), else one on the device seeded with ``seed`` — a CPU draw copied
+    to a GPU each step waits for the GPU."""
+    return cpu_gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+
+
 def _auto_decode(net: GridSynthesis, latents: list[torch.nn.Parameter], targets: torch.Tensor, mask: torch.Tensor,
                  item: torch.Tensor, lams: torch.Tensor, train: GridTrainConfig, clim: torch.Tensor | None,
                  coeffs: torch.nn.Parameter | None, log: Any = None) -> tuple[list[np.ndarray], list[dict[str, float]], float]:
@@ -615,8 +622,7 @@ def _auto_decode(net: GridSynthesis, latents: list[torch.nn.Parameter], targets:
     opt = torch.optim.Adam([{"params": net.parameters(), "lr": train.lr}, {"params": group, "lr": train.latent_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(train.steps, 1))
     gen = torch.Generator(device="cpu").manual_seed(train.seed)
-    # the noise is drawn where it is used: a CPU draw copied to a GPU each step waits for it
-    noise_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(train.seed)
+    noise_gen = _noise_generator(gen, device, train.seed)
     k_basis = 0 if net.basis is None else net.basis.shape[0]
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
@@ -760,7 +766,7 @@ def fit_analysis(model: GridModel, data: np.ndarray, *, channels: int = 16, step
     opt = torch.optim.Adam(analysis.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
-    noise_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+    noise_gen = _noise_generator(gen, device, seed)
     t0 = time.perf_counter()
     net.train()
     for step in range(steps):

@@ -68,15 +68,15 @@ def main() -> None:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         gm.fit_grids_coeffs(normed, valid, args.steps, args.rate_weight)
+    report(prof, device, args.steps)
+
+
+def report(prof: profile, device: torch.device, steps: int) -> None:
+    """Top operators by self CPU time (and device time), then copies / syncs / launches per step."""
     ka = prof.key_averages()
     print(ka.table(sort_by="self_cpu_time_total", row_limit=25))
     if device.type == "cuda":
         print(ka.table(sort_by="self_device_time_total", row_limit=15))
-    counts(prof, args.steps)
-
-
-def counts(prof: profile, steps: int) -> None:
-    ka = prof.key_averages()
     for name in ("aten::item", "aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaMemcpyAsync",
                  "aten::to", "aten::copy_", "cudaLaunchKernel"):
         n = sum(e.count for e in ka if e.key == name)
@@ -104,11 +104,7 @@ def profile_training(args: argparse.Namespace, gm: Model, device: torch.device) 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         run(args.steps)
-    ka = prof.key_averages()
-    print(ka.table(sort_by="self_cpu_time_total", row_limit=25))
-    if device.type == "cuda":
-        print(ka.table(sort_by="self_device_time_total", row_limit=15))
-    counts(prof, args.steps)
+    report(prof, device, args.steps)
 
 
 if __name__ == "__main__":
