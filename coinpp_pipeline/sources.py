@@ -43,13 +43,22 @@ class SourceError(ValueError):
     """A source file cannot be read or does not match the rest of the archive."""
 
 
+def _open_zarr(url: str, storage_options: dict | None) -> xr.Dataset:
+    """A Zarr store through its consolidated metadata (one read), or, in a store written
+    without it, array by array — without xarray's warning, as both are valid sources."""
+    try:
+        return xr.open_zarr(url, storage_options=storage_options or None, consolidated=True)
+    except ValueError:  # no consolidated metadata; any other fault is raised again below
+        return xr.open_zarr(url, storage_options=storage_options or None, consolidated=False)
+
+
 @contextlib.contextmanager
 def _opened(url: str, storage_options: dict | None) -> Iterator[xr.Dataset]:
     """A lazily opened source (NetCDF, Zarr) or an in-memory one (NIfTI)."""
     if url.endswith(NIFTI_SUFFIXES):
         yield _open_nifti(url, storage_options)
     elif url.rstrip("/").endswith(".zarr"):
-        with xr.open_zarr(url, storage_options=storage_options or None) as ds:
+        with _open_zarr(url, storage_options) as ds:
             yield ds
     else:
         with fsspec.open(url, "rb", **(storage_options or {})) as f, xr.open_dataset(f, engine="h5netcdf") as ds:

@@ -86,6 +86,7 @@ def test_nifti_archive_to_store_int16_within_bound(tmp_path: Path) -> None:
     assert stats["max_abs_error"] <= 3 and stats["stored_bytes"] < vol.nbytes
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a store without consolidated metadata opens quietly
 def test_zarr_source_archive(tmp_path: Path, codec_model: Model) -> None:
     src = tmp_path / "source.zarr"
     xr.open_dataset(ERA5_FILES[0])[["t2m"]].load().to_zarr(src, zarr_format=3, consolidated=False)
