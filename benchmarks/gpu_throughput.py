@@ -28,17 +28,21 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from coinpp_pipeline import Model, ModelConfig, TrainConfig, meta_train
-from coinpp_pipeline.grid_model import GridTrainConfig, fit_analysis, train_grid_model
+from coinpp_pipeline.grid_model import GridModel, GridTrainConfig, fit_analysis, train_grid_model
 from coinpp_pipeline.latent_grid import GridConfig
 from coinpp_pipeline.metalearning import pick_device
 from coinpp_pipeline.metrics import psnr
 from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
+
+T = TypeVar("T")
 
 
 def _sync(device: torch.device) -> None:
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def _timed(device: torch.device, fn, *a, **kw):  # type: ignore[no-untyped-def]
+def _timed(device: torch.device, fn: Callable[..., T], *a: Any, **kw: Any) -> tuple[T, float]:
+    """``fn(*a, **kw)`` and its wall time in seconds, the device synchronised before and after."""
     _sync(device)
     t = time.perf_counter()
     out = fn(*a, **kw)
@@ -100,10 +105,17 @@ def _timed(device: torch.device, fn, *a, **kw):  # type: ignore[no-untyped-def]
     return out, time.perf_counter() - t
 
 
+def load_grid_model(path: str) -> GridModel:
+    model = Model.load(path)
+    if not isinstance(model, GridModel):
+        raise SystemExit(f"{path}: a {type(model).__name__}, not a latent-grid model")
+    return model
+
+
 def model_rows(args: argparse.Namespace, device: torch.device, train: np.ndarray, test: np.ndarray) -> list[dict]:
     """Time a trained latent-grid model: training steps/s in its configuration, encode and
     decode of the held-out fields per rate weight (bytes and decoded fields saved)."""
-    gm = Model.load(args.grid_model)
+    gm = load_grid_model(args.grid_model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -140,7 +152,7 @@ def model_rows(args: argparse.Namespace, device: torch.device, train: np.ndarray
 def check_blobs(args: argparse.Namespace, test: np.ndarray) -> dict:
     """Decode chunk bytes another machine wrote (``model_rows``) with ``--grid-model`` here;
     compare with the fields that machine decoded."""
-    gm = Model.load(args.grid_model).to(args.device or "cpu")
+    gm = load_grid_model(args.grid_model).to(args.device or "cpu")
     result = {}
     for chunk in sorted(Path(args.check_blobs).glob("t2m_lam*.chunk")):
         dec = gm.decode(chunk.read_bytes())
@@ -161,68 +173,43 @@ def base_rows(args: argparse.Namespace, device: torch.device, train: np.ndarray,
     for batch in args.batch:
         tc = TrainConfig(steps=args.steps, batch_size=batch, outer_lr=1e-3, first_order=True,
                          val_every=args.steps, device=str(device))
-        _sync(device)
-        t = time.perf_counter()
-        model = meta_train(train, cfg, tc)
-        _sync(device)
-        seconds = time.perf_counter() - t
+        model, s = _timed(device, meta_train, train, cfg, tc)
         rows.append({"what": f"meta-train batch {batch} (incl. 1 validation + coding fit)",
-                     "value": args.steps / seconds, "unit": "steps/s"})
+                     "value": args.steps / s, "unit": "steps/s"})
     assert model is not None
     model.to(str(device))
     mb = test.nbytes / 1e6
+    n = args.repeats
+    blob = b""
     for steps in (3, 25):
         model.encode(test[:1], steps=steps)  # warm-up
-        blob = b""
-        t = time.perf_counter()
-        for _ in range(args.repeats):
-            blob = model.encode(test, steps=steps)
-        _sync(device)
-        rows.append({"what": f"encode, {steps} inner steps", "value": mb * args.repeats / (time.perf_counter() - t),
-                     "unit": "MB/s"})
+        blobs, s = _timed(device, lambda st=steps: [model.encode(test, steps=st) for _ in range(n)])
+        blob = blobs[-1]
+        rows.append({"what": f"encode, {steps} inner steps", "value": mb * n / s, "unit": "MB/s"})
     model.decode(blob)
-    t = time.perf_counter()
-    for _ in range(args.repeats):
-        model.decode(blob)
-    _sync(device)
-    rows.append({"what": "decode", "value": mb * args.repeats / (time.perf_counter() - t), "unit": "MB/s"})
+    _, s = _timed(device, lambda: [model.decode(blob) for _ in range(n)])
+    rows.append({"what": "decode", "value": mb * n / s, "unit": "MB/s"})
 
     # latent-grid model
     tc_g = GridTrainConfig(steps=args.grid_steps, batch=args.grid_batch, device=str(device),
                            log_every=max(args.grid_steps, 1))
-    _sync(device)
-    t = time.perf_counter()
-    gmodel = train_grid_model(train, GridConfig(encode_steps=args.grid_encode_steps), tc_g)
-    _sync(device)
+    gmodel, s = _timed(device, train_grid_model, train, GridConfig(encode_steps=args.grid_encode_steps), tc_g)
     rows.append({"what": f"grid model: train, batch {args.grid_batch} fields (incl. table fit)",
-                 "value": args.grid_steps / (time.perf_counter() - t), "unit": "steps/s"})
+                 "value": args.grid_steps / s, "unit": "steps/s"})
     gmodel.to(str(device))
     gmodel.encode(test[:1], steps=5)  # warm-up
-    t = time.perf_counter()
-    gblob = gmodel.encode(test)
-    _sync(device)
-    rows.append({"what": f"grid model: encode, {args.grid_encode_steps} steps", "unit": "MB/s",
-                 "value": mb / (time.perf_counter() - t)})
+    gblob, s = _timed(device, gmodel.encode, test)
+    rows.append({"what": f"grid model: encode, {args.grid_encode_steps} steps", "unit": "MB/s", "value": mb / s})
     gmodel.decode(gblob)
-    t = time.perf_counter()
-    for _ in range(args.repeats):
-        gmodel.decode(gblob)
-    _sync(device)
-    rows.append({"what": "grid model: decode", "value": mb * args.repeats / (time.perf_counter() - t),
-                 "unit": "MB/s"})
+    _, s = _timed(device, lambda: [gmodel.decode(gblob) for _ in range(n)])
+    rows.append({"what": "grid model: decode", "value": mb * n / s, "unit": "MB/s"})
     if args.grid_analysis_steps:
-        _sync(device)
-        t = time.perf_counter()
-        amodel = fit_analysis(gmodel, train, steps=args.grid_analysis_steps, batch=4)
-        _sync(device)
+        amodel, s = _timed(device, fit_analysis, gmodel, train, steps=args.grid_analysis_steps, batch=4)
         rows.append({"what": "grid model: fit analysis network, batch 4 fields", "unit": "steps/s",
-                     "value": args.grid_analysis_steps / (time.perf_counter() - t)})
+                     "value": args.grid_analysis_steps / s})
         amodel.encode(test[:1], steps=0)  # warm-up
-        t = time.perf_counter()
-        amodel.encode(test, steps=0)
-        _sync(device)
-        rows.append({"what": "grid model: encode, analysis guess alone (steps=0)", "unit": "MB/s",
-                     "value": mb / (time.perf_counter() - t)})
+        _, s = _timed(device, amodel.encode, test, steps=0)
+        rows.append({"what": "grid model: encode, analysis guess alone (steps=0)", "unit": "MB/s", "value": mb / s})
     for r in rows:
         print(r, flush=True)
     return rows

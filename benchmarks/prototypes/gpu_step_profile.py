@@ -1,8 +1,9 @@
-"""Where a latent-grid encoder step spends its time on a device (session 19, the first H200 run
-showed 28 ms per encoder step for 7 t2m fields and 109 ms per training step).
+"""Where a latent-grid encoder step spends its time on a device (session 19: on the first H200
+run an encoder step for 7 t2m fields took 36.7 ms, and the t2m model trained at 9.15 steps/s).
 
     python benchmarks/prototypes/gpu_step_profile.py --model M [--device cuda] [--steps 20]
     python benchmarks/prototypes/gpu_step_profile.py --model M --train [--steps 100]
+    python benchmarks/prototypes/gpu_step_profile.py --model M --encode-sha
 
 Times ``steps`` encoder steps on the 7 held-out t2m fields (one batch), then profiles them
 (CPU + CUDA activities): top operators by self CPU time and by device time, and the count of
@@ -15,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from coinpp_pipeline import Model
-from coinpp_pipeline.grid_model import GridTrainConfig, train_grid_model
+from coinpp_pipeline.grid_model import GridModel, GridTrainConfig, train_grid_model
 from coinpp_pipeline.metalearning import pick_device
 from coinpp_pipeline.sources import SAMPLE_ERA5, list_sources, load_variable
 
@@ -37,37 +40,61 @@ def main() -> None:
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matrix products / convolutions")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--train", action="store_true")
+    ap.add_argument("--encode-sha", action="store_true",
+                    help="print the size and SHA-256 of the first 2 held-out fields encoded at 30 steps "
+                         "(to check that a speed change leaves the chunk bytes alone)")
     args = ap.parse_args()
     device = pick_device(args.device)
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    test = np.concatenate([load_variable(list_sources(str(SAMPLE_ERA5))[5:], "t2m")] * args.tile)
     gm = Model.load(args.model).to(str(device))
+    assert isinstance(gm, GridModel)
+    files = list_sources(str(SAMPLE_ERA5))
     if args.train:
-        return profile_training(args, gm, device)
-    normed = (test - gm.mean) / float(gm.std[0])
-    valid = np.isfinite(normed)
+        train = load_variable(files[:5], "t2m")
+        cfg = dataclasses.replace(gm.config, basis=0)
 
-    def run(steps: int) -> float:
+        def train_steps(steps: int) -> None:
+            train_grid_model(train, cfg, GridTrainConfig(steps=steps, batch=6, device=str(device),
+                                                         log_every=max(steps, 1)))
+
+        measure(args, device, train_steps, "training step, batch 6 (set-up and table fit: one step alone)")
+        return
+    test = np.concatenate([load_variable(files[5:], "t2m")] * args.tile)
+    if args.encode_sha:
+        blob = gm.encode(test[:2], steps=30, rate_weight=args.rate_weight)
+        print(f"encode 2 fields, 30 steps, lambda {args.rate_weight:g}: {len(blob)} B, "
+              f"sha256 {hashlib.sha256(blob).hexdigest()[:16]}")
+        return
+    normed = gm._normalise(test)
+    valid = np.isfinite(normed)
+    measure(args, device, lambda steps: gm.fit_grids_coeffs(normed, valid, steps, args.rate_weight),
+            f"encoder step, {len(test)} fields (encode_rate {gm.config.encode_rate!r}, "
+            f"{gm.config.levels} levels, tf32 {args.tf32})")
+
+
+def measure(args: argparse.Namespace, device: torch.device, run: Callable[[int], object], what: str) -> None:
+    """Time ``run(steps)`` per step (after a warm-up; the difference of 1 and steps + 1 steps),
+    then, unless ``--no-profile``, profile ``run(args.steps)`` and :func:`report` it."""
+
+    def seconds(steps: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        gm.fit_grids_coeffs(normed, valid, steps, args.rate_weight)
+        run(steps)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    run(3)
-    t0, t1 = run(1), run(args.steps + 1)
-    print(f"{device}: {(t1 - t0) / args.steps * 1e3:.2f} ms per encoder step, {len(test)} fields "
-          f"(encode_rate {gm.config.encode_rate!r}, {gm.config.levels} levels, tf32 {args.tf32}); "
-          f"one step alone {t0 * 1e3:.1f} ms")
+    seconds(2)
+    t0, t1 = seconds(1), seconds(args.steps + 1)
+    print(f"{device}: {(t1 - t0) / args.steps * 1e3:.2f} ms per {what}; one step alone {t0 * 1e3:.1f} ms")
     if args.no_profile:
         return
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        gm.fit_grids_coeffs(normed, valid, args.steps, args.rate_weight)
+        run(args.steps)
     report(prof, device, args.steps)
 
 
@@ -81,30 +108,6 @@ def report(prof: profile, device: torch.device, steps: int) -> None:
                  "aten::to", "aten::copy_", "cudaLaunchKernel"):
         n = sum(e.count for e in ka if e.key == name)
         print(f"{name:<28} {n / steps:10.1f} per step")
-
-
-def profile_training(args: argparse.Namespace, gm: Model, device: torch.device) -> None:
-    train = load_variable(list_sources(str(SAMPLE_ERA5))[:5], "t2m")
-    cfg = dataclasses.replace(gm.config, basis=0)
-
-    def run(steps: int) -> float:
-        tc = GridTrainConfig(steps=steps, batch=6, device=str(device), log_every=max(steps, 1))
-        t = time.perf_counter()
-        train_grid_model(train, cfg, tc)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
-
-    run(2)
-    t0, t1 = run(1), run(args.steps + 1)
-    print(f"{device}: {(t1 - t0) / args.steps * 1e3:.2f} ms per training step, batch 6; "
-          f"set-up and table fit {t0:.2f} s")
-    if args.no_profile:
-        return
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        run(args.steps)
-    report(prof, device, args.steps)
 
 
 if __name__ == "__main__":
