@@ -7,6 +7,11 @@ data come from the repository's ``data/`` folder (see data/README.md for sources
 * ``era5:<var>`` (t2m, msl, u10, v10): data/era5-1deg, 7 daily NetCDF files. Train = the
   first 5 files (17 fields, 181x360); held-out = the 7 fields of the last 2 files, each its
   own 2-D ``(181, 360)`` chunk; mean = training mean field. Raw float32 (4 B/value).
+* ``era5:<var>:<T>``: the same data with the held-out fields in 3-D chunks of ``T``
+  consecutive time steps ``(T, 181, 360)`` (``T`` divides 7: ``era5:t2m:7`` is one chunk of
+  all 7), as a time-chunked archive stores them; every codec gets the same 3-D chunks
+  (SPERR and SZ3 compress them as 3-D arrays); mean = training mean field broadcast to
+  ``(T, 181, 360)``.
 * ``hadcm3``: data/hadcm3-na, ``air_temperature``, 240 yearly fields 37x49. Train = scenario
   A1B (240 fields, 1860-2099); held-out = scenario E1's years 2000-2099 (the last 100
   fields) cut into 5 3-D chunks of 20 consecutive years ``(20, 37, 49)``; mean = the A1B
@@ -109,14 +114,24 @@ def _finish(name: str, description: str, train: np.ndarray, chunks: list[np.ndar
     return Dataset(name, description, train, chunks, mean, raw_dtype, np.dtype(raw_dtype).itemsize, rng)
 
 
-def load_era5(var: str, data: str | Path = SAMPLE_ERA5, train_files: int = 5) -> Dataset:
+def load_era5(var: str, data: str | Path = SAMPLE_ERA5, train_files: int = 5, time_chunk: int = 1) -> Dataset:
+    """ERA5 ``var``; ``time_chunk`` > 1: held-out fields in 3-D chunks of that many time steps."""
     files = list_sources(data)
     train = load_variable(files[:train_files], var).astype(np.float32)
     test = load_variable(files[train_files:], var).astype(np.float32)
-    desc = (f"ERA5 {var}, 1 deg: train {train.shape[0]} fields from {train_files} files, held-out "
-            f"{test.shape[0]} fields from {len(files) - train_files} files, one 2-D chunk each")
-    return _finish(f"era5:{var}", desc, train, [test[i] for i in range(test.shape[0])], _mean(train),
-                   "float32")
+    n = test.shape[0]
+    if time_chunk < 1 or n % time_chunk:
+        raise ValueError(f"era5:{var}: time chunk {time_chunk} does not divide the {n} held-out fields")
+    mean = _mean(train)
+    if time_chunk == 1:
+        return _finish(f"era5:{var}", f"ERA5 {var}, 1 deg: train {train.shape[0]} fields from {train_files} files, "
+                       f"held-out {n} fields from {len(files) - train_files} files, one 2-D chunk each",
+                       train, [test[i] for i in range(n)], mean, "float32")
+    chunks = [test[i : i + time_chunk] for i in range(0, n, time_chunk)]
+    desc = (f"ERA5 {var}, 1 deg: train {train.shape[0]} fields from {train_files} files, held-out {n} fields "
+            f"from {len(files) - train_files} files in {len(chunks)} 3-D chunks of {time_chunk} time steps")
+    return _finish(f"era5:{var}:{time_chunk}", desc, train, chunks,
+                   np.broadcast_to(mean, (time_chunk, *mean.shape)), "float32")
 
 
 def load_hadcm3() -> Dataset:
@@ -167,9 +182,12 @@ def load_image() -> Dataset:
 
 
 def load(name: str, *, era5_data: str | Path = SAMPLE_ERA5, era5_train_files: int = 5) -> Dataset:
-    """The dataset ``name``: ``era5:<var>``, ``hadcm3``, ``mri`` or ``image``."""
+    """The dataset ``name``: ``era5:<var>[:<time chunk>]``, ``hadcm3``, ``mri`` or ``image``."""
     if name.startswith("era5:"):
-        return load_era5(name.split(":", 1)[1], era5_data, era5_train_files)
+        var, _, t = name.split(":", 1)[1].partition(":")
+        if t and not t.isdigit():
+            raise ValueError(f"{name!r}: the time chunk after the variable must be an integer, got {t!r}")
+        return load_era5(var, era5_data, era5_train_files, int(t) if t else 1)
     loaders = {"hadcm3": load_hadcm3, "mri": load_mri, "image": load_image}
     if name not in loaders:
         raise ValueError(f"unknown dataset {name!r}; one of {', '.join(NAMES)} (era5:<any variable>)")

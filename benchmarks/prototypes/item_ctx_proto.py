@@ -1,7 +1,10 @@
 """How much would the previous item's latent (same level, same position) tell the coder? (session 17)
 In-sample empirical entropies of held-out latents per level: H(z), H(z | left), H(z | left, prev).
 
-    python benchmarks/prototypes/item_ctx_proto.py DATASET MODEL LAMBDA...
+    python benchmarks/prototypes/item_ctx_proto.py DATASET MODEL LAMBDA... [--stack]
+
+``--stack``: the held-out chunks as one chunk, in order (ERA5: the 7 fields, each after its
+predecessor in time — what a time-chunked archive would hold; session 20).
 """
 import sys
 from pathlib import Path
@@ -11,8 +14,11 @@ import datasets
 from coinpp_pipeline.model import Model
 from coinpp_pipeline.latent_arm import LatentARM
 torch.set_num_threads(2)
-ds, mpath, lams = sys.argv[1], sys.argv[2], [float(v) for v in sys.argv[3:]]
+stack = "--stack" in sys.argv
+args = [a for a in sys.argv[1:] if a != "--stack"]
+ds, mpath, lams = args[0], args[1], [float(v) for v in args[2:]]
 d = datasets.load(ds)
+chunks = [np.concatenate([c.reshape(-1, *c.shape[-2:]) for c in d.test_chunks])] if stack else d.test_chunks
 m = Model.from_bytes(open(mpath, "rb").read())
 def H(keys, z):
     # empirical conditional entropy (bits) of z given keys
@@ -26,7 +32,7 @@ def H(keys, z):
     return tot
 for lam in lams:
     zs_all = []
-    for c in d.test_chunks:
+    for c in chunks:
         x = c.reshape(-1, *c.shape[-2:]).astype(np.float64)
         g = m.fit_fields(m._normalise(x), np.isfinite(x), m.config.encode_steps, lam)
         zs_all.append(g)
