@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ from .metalearning import pick_device
 from .model import Model, _encode_residual, _Parsed, _stable, check_input
 
 KIND = "grid"
+#: The encoder's differentiable bits: ``(noisy latents, rounded latents) -> (B,)``.
+RateTerm = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor]], torch.Tensor]
 #: Points (fields x H x W) fitted together in one encoder batch: small fields are batched
 #: (fewer, larger tensor operations) while activations stay bounded.
 ENCODE_POINTS = 1 << 16
@@ -137,8 +140,8 @@ class GridModel(Model):
                                  f"pooled ones {entropy.counts.shape}")
         if table_sets and entropy.scheme != "causal":
             raise ValueError("extra entropy table sets need the causal context scheme")
-        if config.encode_rate == "arm" and (arm is None or arm.item_context):
-            raise ValueError("encode_rate='arm' needs a model with an ARM without item context")
+        if config.encode_rate == "arm" and arm is None:
+            raise ValueError("encode_rate='arm' needs a model with an ARM")
         if arm is not None and entropy.scheme != "causal":
             raise ValueError("an ARM needs the causal context scheme")
         if coeff_coder is not None and coeff_coder.components != config.basis:
@@ -277,8 +280,8 @@ class GridModel(Model):
             return torch.zeros((x.shape[0], 0), device=x.device)
         return project_on_basis(x, basis)
 
-    def fit_grids_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int,
-                         rate_weight: float) -> tuple[list[np.ndarray], np.ndarray]:
+    def fit_grids_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float,
+                         prev: Sequence[np.ndarray] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         """Encode normalised fields ``(B, H, W)`` (invalid points ignored) -> ``L`` int64
         grids ``(B, h_l, w_l)`` in ``[-K, K]`` and the basis coefficients ``(B, k)`` (float32,
         before their quantization for the chunk, :meth:`_coefficient_section`; ``k = 0``
@@ -291,7 +294,10 @@ class GridModel(Model):
         :meth:`initial_latents` (zeros, or below the default step count the analysis
         network's guess — with ``steps=0`` that guess, rounded, is the result).
         With a basis, its coefficients start at the fields' projection and are fitted with
-        the latents. Deterministic (seeded) for a given machine and input."""
+        the latents. With ``encode_rate="arm"`` the rate term is the model's ARM; if it has the
+        item context, ``prev`` (``L`` int grids ``(B, h_l, w_l)``) are the fields' previous
+        items in the chunk (None: they begin it). Deterministic (seeded) for a given machine
+        and input."""
         shape = (normed.shape[1], normed.shape[2])
         k = self.config.max_symbol
         x = torch.from_numpy(np.where(valid, normed, 0.0).astype(np.float32)).to(self.device)
@@ -299,7 +305,7 @@ class GridModel(Model):
         gen = torch.Generator(device=self.device).manual_seed(0)
         clim = self._climatology()
         coeffs = self.basis_coefficients(x).requires_grad_(True)
-        rate_bits = self.arm.torch_bits if self.config.encode_rate == "arm" and self.arm else self.network.rate_bits
+        rate_bits = self._rate_term(prev)
         zs = [t.requires_grad_(True) for t in self.initial_latents(x, rate_weight, steps)]
         if steps > 0:
             opt = torch.optim.Adam([*zs, coeffs], lr=self.config.encode_lr)
@@ -315,7 +321,7 @@ class GridModel(Model):
                         zq = [soft_round_sga(z, tau, gen) for z in zs]
                     rec = self.network(zq, clim, shape, coeffs)
                     mse = masked_mse(rec, x, m)
-                    bits = rate_bits(zq, rounded)  # type: ignore[operator]
+                    bits = rate_bits(zq, rounded)
                     loss = (mse + rate_weight * bits / (shape[0] * shape[1])).sum()
                     opt.zero_grad()
                     # gradients of the latents and coefficients alone: the network's own
@@ -324,6 +330,18 @@ class GridModel(Model):
                     opt.step()
                     sched.step()
         return [torch.round(z.detach()).clamp(-k, k).long().cpu().numpy() for z in zs], coeffs.detach().cpu().numpy()
+
+    def _rate_term(self, prev: Sequence[np.ndarray] | None) -> RateTerm:
+        """The encoder's differentiable bits ``(noisy, rounded) -> (B,)``: the tables' Laplace
+        proxy, or with ``encode_rate="arm"`` the ARM (given ``prev``, the previous items)."""
+        arm = self.arm
+        if self.config.encode_rate != "arm" or arm is None:
+            if prev is not None:
+                raise ValueError("previous items' latents only apply to the rate of an ARM with item context")
+            net: GridSynthesis = self.network  # type: ignore[assignment]
+            return net.rate_bits
+        prev_t = None if prev is None else [torch.from_numpy(np.asarray(p)).float().to(self.device) for p in prev]
+        return functools.partial(arm.torch_bits, prev=prev_t)
 
     def initial_latents(self, x: torch.Tensor, rate_weight: float, steps: int) -> list[torch.Tensor]:
         """The encoder's starting latents for normalised fields ``x (B, H, W)`` (0 at missing
@@ -350,8 +368,18 @@ class GridModel(Model):
         most :data:`ENCODE_POINTS` points (:data:`ENCODE_POINTS_CUDA` on a GPU;
         :func:`encode_batches`) -> ``L`` grids ``(B, h_l, w_l)`` and basis coefficients
         ``(B, k)``. Each field's loss is its own: the batching changes only the random draws of the
-        noise / annealing."""
+        noise / annealing. With ``encode_rate="arm"`` and an ARM with the item context the
+        fields are one chunk's items in order: encoded one after the other, each with its
+        predecessor's final latents as the rate term's item context (what the coder will use)."""
         hw = (normed.shape[1], normed.shape[2])
+        if self.config.encode_rate == "arm" and self.arm is not None and self.arm.item_context:
+            prev: list[np.ndarray] | None = None
+            seq = []
+            for i in range(normed.shape[0]):
+                seq.append(self.fit_grids_coeffs(normed[i : i + 1], valid[i : i + 1], steps, rate_weight, prev))
+                prev = seq[-1][0]
+            return ([np.concatenate([p[0][lv] for p in seq]) for lv in range(self.config.levels)],
+                    np.concatenate([p[1] for p in seq]))
         points = ENCODE_POINTS_CUDA if self.device.type == "cuda" else ENCODE_POINTS
         parts = [self.fit_grids_coeffs(normed[b], valid[b], steps, rate_weight)
                  for b in encode_batches(normed.shape[0], hw, points)]

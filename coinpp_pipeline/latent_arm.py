@@ -289,18 +289,21 @@ class LatentARM:
         return -float(np.log2(p[np.arange(len(z)), z + self.max_symbol]).sum())
 
     # ------------------------------------------------------------------ encoder's rate
-    def torch_bits(self, noisy: Sequence[torch.Tensor], rounded: Sequence[torch.Tensor]) -> torch.Tensor:
+    def torch_bits(self, noisy: Sequence[torch.Tensor], rounded: Sequence[torch.Tensor],
+                   prev: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Differentiable bits ``(B,)`` of the encoder's noisy latents ``noisy[l] (B, h, w)``
         under this model, the neighbourhoods taken from the rounded latents (so the network
         runs without gradients; the fixed-point weights in floating point, outputs not
-        quantized): the encoder's rate term when it optimises for the ARM (not with the item
-        context: the encoder fits a chunk's fields in batches)."""
-        if self.item_context:
-            raise ValueError("the encoder's ARM rate term does not support an ARM with item context")
+        quantized): the encoder's rate term when it optimises for the ARM. With the item
+        context, ``prev[l] (B, h, w)`` are the (fixed, integer) latents of each item's previous
+        item in the chunk, None for items that begin a chunk."""
+        if prev is not None and not self.item_context:
+            raise ValueError("previous items' latents given to an ARM without item context")
         total = torch.zeros(noisy[0].shape[0], device=noisy[0].device)
         for lv, z in enumerate(noisy):
             with torch.no_grad():
-                a = _torch_features(rounded, lv, self.levels)
+                a = _torch_features(rounded, lv, self.levels, item_context=self.item_context,
+                                    prev=None if prev is None else prev[lv])
                 for j, (w, b) in enumerate(self._float_layers):
                     a = a @ w.to(a.device) + b.to(a.device)
                     if j < len(self.weights) - 1:
@@ -336,9 +339,11 @@ class LatentARM:
         return arm
 
 
-def _torch_features(rounded: Sequence[torch.Tensor], level: int, levels: int) -> torch.Tensor:
+def _torch_features(rounded: Sequence[torch.Tensor], level: int, levels: int, *, item_context: bool = False,
+                    prev: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`features` of every position of ``rounded[level] (B, h, w)`` -> ``(B, h, w, F)``
-    float (training-time twin of the coder's integer features)."""
+    float (training-time twin of the coder's integer features); ``item_context``: with the
+    previous item's 3x3 neighbourhood from ``prev (B, h, w)`` (None: no previous item)."""
     z = rounded[level]
     b, h, w = z.shape
     zp = torch.nn.functional.pad(z, (3, 3, 2, 0))
@@ -350,6 +355,11 @@ def _torch_features(rounded: Sequence[torch.Tensor], level: int, levels: int) ->
         cols += [p[:, ri + dr][:, :, ci + dc] for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
     else:
         cols += [torch.zeros_like(z)] * 9
+    if item_context:
+        q = torch.zeros_like(z) if prev is None else prev.to(z)
+        qp = torch.nn.functional.pad(q, (1, 1, 1, 1))
+        cols += [qp[:, 1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+        cols.append(torch.full_like(z, 0.0 if prev is None else 1.0))
     onehot = torch.zeros((b, h, w, levels), device=z.device)
     onehot[..., level] = 1
     return torch.cat([torch.stack(cols, -1), onehot], -1)

@@ -568,8 +568,20 @@ def test_grid_model_with_an_arm(gmodel: GridModel, train_data: np.ndarray, held_
     assert isinstance(re_ic, GridModel) and re_ic.arm is not None and re_ic.arm.item_context
     blob = ic.encode(held_out, rate_weight=0.3)
     np.testing.assert_array_equal(re_ic.decode(blob), gmodel.decode(gmodel.encode(held_out, rate_weight=0.3)))
-    with pytest.raises(ValueError, match="without item context"):
-        ic.with_encoding(encode_rate="arm")
+    # the encoder with the item-context ARM's rate: a chunk's fields one after the other, each
+    # with its predecessor's final latents as the context (as the coder will see them)
+    ica = ic.with_encoding(encode_rate="arm")
+    blob = ica.encode(held_out, rate_weight=0.3)
+    back = Model.from_bytes(ica.to_bytes(), sha256=ica.sha256)
+    assert psnr(held_out, back.decode(blob)) > 15
+    normed, valid = ica._normalise(held_out.astype(np.float64)), np.isfinite(held_out)
+    chained, _ = ica.fit_fields_coeffs(normed, valid, 30, 0.3)
+    first, _ = ica.fit_grids_coeffs(normed[:1], valid[:1], 30, 0.3)
+    second, _ = ica.fit_grids_coeffs(normed[1:], valid[1:], 30, 0.3, prev=first)
+    for lv, (a, b, c) in enumerate(zip(chained, first, second, strict=True)):
+        np.testing.assert_array_equal(a, np.concatenate([b, c]), err_msg=f"level {lv}")
+    with pytest.raises(ValueError, match="previous items"):
+        gmodel.fit_grids_coeffs(normed[1:], valid[1:], 3, 0.3, prev=first)
     with pytest.raises(ValueError, match="arm_chunk_items"):
         fit_coders(gmodel, train_data[:2], [1.0], arm=True, arm_chunk_items=0)
     # the encoder can optimise for the ARM instead of the tables' proxy (needs an ARM)

@@ -176,8 +176,15 @@ def test_item_context_round_trips_and_uses_the_previous_item() -> None:
     again = LatentARM.from_tensors(ctx.to_tensors())
     assert again.item_context and len(ctx.to_tensors()["arm.meta"]) == 4
     assert len(plain.to_tensors()["arm.meta"]) == 3  # ARMs without the context: files as before
-    with pytest.raises(ValueError, match="item context"):
-        ctx.torch_bits([torch.zeros((1, *s)) for s in SHAPES], [torch.zeros((1, *s)) for s in SHAPES])
+    # the encoder's rate term with the item context: each item knowing its predecessor's latents
+    tg = [[torch.from_numpy(z[None]).float() for z in it] for it in full]
+    bits = sum(float(ctx.torch_bits(g, g, prev=None if i == 0 else tg[i - 1]).sum()) for i, g in enumerate(tg))
+    ideal = ctx.code_length_bits(full)
+    assert abs(bits - ideal) < 0.03 * ideal, (bits, ideal)
+    alone = sum(float(ctx.torch_bits(g, g).sum()) for g in tg)  # every item as if it began a chunk
+    assert alone > 1.2 * bits, (alone, bits)
+    with pytest.raises(ValueError, match="without item context"):
+        plain.torch_bits(tg[1], tg[1], prev=tg[0])
     with pytest.raises(ValueError, match="starts"):
         fit_arm(train, 12, steps=1, starts=starts[:-1])
 

@@ -5,11 +5,6 @@ stored rd_compare result (interpolated in log ratio, as rd_summary.py does).
     python benchmarks/prototypes/grid_eval_proto.py --model M --dataset era5:t2m 1 10
     (positional: rate weights, optionally LAM,STEPS; --lr overrides the encoder learning rate)
 
-``--seq-arm`` (session 20; a model whose ARM has the item context, a dataset with several
-fields per chunk, e.g. ``era5:t2m:7``): each chunk's fields are encoded one after the other,
-the encoder's rate term being that ARM with the previous field's final latents as its item
-context (instead of the tables' Laplace proxy), so the encoder sees what repeating the
-previous field's latents saves.
 """
 import argparse, json, sys, time
 from pathlib import Path
@@ -27,7 +22,6 @@ ap.add_argument("--lr", type=float, default=None, help="override the model's enc
 ap.add_argument("--noise-fraction", type=float, default=None, help="override the model's encode_noise_fraction")
 ap.add_argument("--beta2", type=float, default=None, help="encoder Adam beta2 (default torch's 0.999)")
 ap.add_argument("--tau", type=float, nargs=2, default=None, help="override grid_model.SGA_TAU")
-ap.add_argument("--seq-arm", action="store_true", help="sequential encoder with the item-context ARM's rate")
 ap.add_argument("settings", nargs="+")
 a = ap.parse_args()
 torch.set_num_threads(2)
@@ -45,43 +39,6 @@ if a.tau is not None:
 if a.beta2 is not None:
     _adam = torch.optim.Adam
     torch.optim.Adam = lambda params, lr: _adam(params, lr=lr, betas=(0.9, a.beta2))  # type: ignore
-if a.seq_arm:
-    import functools
-    import torch.nn.functional as F  # noqa: N812
-    from coinpp_pipeline import latent_arm as la
-    if m.arm is None or not m.arm.item_context:
-        sys.exit("--seq-arm needs a model whose ARM has the item context")
-
-    def item_arm_bits(prev, noisy, rounded):
-        arm, levels = m.arm, m.arm.levels
-        total = torch.zeros(noisy[0].shape[0])
-        for lv, z in enumerate(noisy):
-            with torch.no_grad():
-                f = la._torch_features(rounded, lv, levels)
-                h, w = z.shape[-2:]
-                pz = torch.zeros_like(rounded[lv]) if prev is None else torch.from_numpy(prev[lv]).float()
-                qp = F.pad(pz, (1, 1, 1, 1))
-                pc = [qp[:, 1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
-                pc.append(torch.full_like(pz, 0.0 if prev is None else 1.0))
-                x = torch.cat([f[..., :-levels], torch.stack(pc, -1), f[..., -levels:]], -1)
-                for j, (wt, b) in enumerate(arm._float_layers):
-                    x = x @ wt + b
-                    if j < len(arm.weights) - 1:
-                        x = torch.relu(x)
-            mu = x[..., 0].clamp(-arm.max_symbol, arm.max_symbol)
-            total = total + la.laplace_bits(z, mu, x[..., 1], arm.max_symbol).flatten(1).sum(1)
-        return total
-
-    def seq_fit(normed, valid, steps, lam):
-        prev, gs, cs = None, [], []
-        for t in range(normed.shape[0]):
-            m.network.rate_bits = functools.partial(item_arm_bits, prev)
-            g, c = gm.GridModel.fit_grids_coeffs(m, normed[t : t + 1], valid[t : t + 1], steps, lam)
-            gs.append(g); cs.append(c); prev = g
-        del m.network.rate_bits
-        return [np.concatenate([g[lv] for g in gs]) for lv in range(m.config.levels)], np.concatenate(cs)
-
-    m.fit_fields_coeffs = seq_fit
 ref = Path(a.ref or ROOT / f"benchmarks/results/rd_compare_{a.dataset.replace(':', '_')}.json")
 series = {}
 for r in json.loads(ref.read_text())["rows"]:
