@@ -177,6 +177,18 @@ def test_item_context_round_trips_and_uses_the_previous_item() -> None:
     assert again.item_context and len(ctx.to_tensors()["arm.meta"]) == 4
     assert len(plain.to_tensors()["arm.meta"]) == 3  # ARMs without the context: files as before
     # the encoder's rate term with the item context: each item knowing its predecessor's latents
+    from coinpp_pipeline.latent_arm import _previous, _torch_features
+
+    starts_full = np.arange(len(full)) == 0
+    for lv in range(len(SHAPES)):  # the same features as the coder's, previous item included
+        z = np.stack([g[lv] for g in full])
+        pp = np.pad(np.stack([g[lv + 1] for g in full]), ((0, 0), (1, 1), (1, 1))) if lv + 1 < len(SHAPES) else None
+        i, r, c = (a.ravel() for a in np.indices(z.shape))
+        x = features(np.pad(z, ((0, 0), (2, 0), (3, 3))), pp, lv, len(SHAPES), i, r, c, _previous(z, starts_full))
+        grids = [torch.from_numpy(np.stack([g[k] for g in full])).float() for k in range(len(SHAPES))]
+        first = _torch_features([g[:1] for g in grids], lv, len(SHAPES), item_context=True)  # no previous item
+        rest = _torch_features([g[1:] for g in grids], lv, len(SHAPES), item_context=True, prev=grids[lv][:-1])
+        np.testing.assert_array_equal(torch.cat([first, rest]).reshape(-1, x.shape[1]).numpy(), x)
     tg = [[torch.from_numpy(z[None]).float() for z in it] for it in full]
     bits = sum(float(ctx.torch_bits(g, g, prev=None if i == 0 else tg[i - 1]).sum()) for i, g in enumerate(tg))
     ideal = ctx.code_length_bits(full)
