@@ -371,18 +371,15 @@ class GridModel(Model):
         noise / annealing. With ``encode_rate="arm"`` and an ARM with the item context the
         fields are one chunk's items in order: encoded one after the other, each with its
         predecessor's final latents as the rate term's item context (what the coder will use)."""
-        hw = (normed.shape[1], normed.shape[2])
         if self.config.encode_rate == "arm" and self.arm is not None and self.arm.item_context:
-            prev: list[np.ndarray] | None = None
-            seq = []
+            parts: list[tuple[list[np.ndarray], np.ndarray]] = []
             for i in range(normed.shape[0]):
-                seq.append(self.fit_grids_coeffs(normed[i : i + 1], valid[i : i + 1], steps, rate_weight, prev))
-                prev = seq[-1][0]
-            return ([np.concatenate([p[0][lv] for p in seq]) for lv in range(self.config.levels)],
-                    np.concatenate([p[1] for p in seq]))
-        points = ENCODE_POINTS_CUDA if self.device.type == "cuda" else ENCODE_POINTS
-        parts = [self.fit_grids_coeffs(normed[b], valid[b], steps, rate_weight)
-                 for b in encode_batches(normed.shape[0], hw, points)]
+                prev = parts[-1][0] if parts else None
+                parts.append(self.fit_grids_coeffs(normed[i : i + 1], valid[i : i + 1], steps, rate_weight, prev))
+        else:
+            points = ENCODE_POINTS_CUDA if self.device.type == "cuda" else ENCODE_POINTS
+            parts = [self.fit_grids_coeffs(normed[b], valid[b], steps, rate_weight)
+                     for b in encode_batches(normed.shape[0], (normed.shape[1], normed.shape[2]), points)]
         grids = [np.concatenate([p[0][lv] for p in parts]) for lv in range(self.config.levels)]
         return grids, np.concatenate([p[1] for p in parts])
 

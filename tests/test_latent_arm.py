@@ -108,6 +108,18 @@ def test_arm_tensors_round_trip_and_bad_networks_are_refused(arm: LatentARM) -> 
         LatentARM.from_tensors(dict(t) | {"arm.table": t["arm.table"][..., :-1]})
 
 
+def coder_features(items: list[list[np.ndarray]], lv: int, item_context: bool = False) -> np.ndarray:
+    """The coder's integer features of every position of level ``lv`` of one chunk's ``items``
+    (with the item context: each item's previous one, item 0 beginning the chunk)."""
+    from coinpp_pipeline.latent_arm import _previous
+
+    z = np.stack([g[lv] for g in items])
+    pp = np.pad(np.stack([g[lv + 1] for g in items]), ((0, 0), (1, 1), (1, 1))) if lv + 1 < len(SHAPES) else None
+    i, r, c = (a.ravel() for a in np.indices(z.shape))
+    prev = _previous(z, np.arange(len(items)) == 0) if item_context else None
+    return features(np.pad(z, ((0, 0), (2, 0), (3, 3))), pp, lv, len(SHAPES), i, r, c, prev)
+
+
 def test_torch_features_and_bits_match_the_coder(arm: LatentARM) -> None:
     """The encoder's rate term sees the coder's features; on integer latents its bits are
     close to the coder's ideal code length (outputs not quantized there)."""
@@ -118,10 +130,7 @@ def test_torch_features_and_bits_match_the_coder(arm: LatentARM) -> None:
     items = parent_correlated_items(2, 7)
     grids = [torch.from_numpy(np.stack([g[lv] for g in items])).float() for lv in range(len(SHAPES))]
     for lv in range(len(SHAPES)):
-        z = np.stack([g[lv] for g in items])
-        pp = np.pad(np.stack([g[lv + 1] for g in items]), ((0, 0), (1, 1), (1, 1))) if lv + 1 < len(SHAPES) else None
-        i, r, c = (a.ravel() for a in np.indices(z.shape))
-        x = features(np.pad(z, ((0, 0), (2, 0), (3, 3))), pp, lv, len(SHAPES), i, r, c)
+        x = coder_features(items, lv)
         np.testing.assert_array_equal(_torch_features(grids, lv, len(SHAPES)).reshape(-1, x.shape[1]).numpy(), x)
     bits = float(arm.torch_bits(grids, grids).sum())
     ideal = arm.code_length_bits(items)
@@ -177,15 +186,11 @@ def test_item_context_round_trips_and_uses_the_previous_item() -> None:
     assert again.item_context and len(ctx.to_tensors()["arm.meta"]) == 4
     assert len(plain.to_tensors()["arm.meta"]) == 3  # ARMs without the context: files as before
     # the encoder's rate term with the item context: each item knowing its predecessor's latents
-    from coinpp_pipeline.latent_arm import _previous, _torch_features
+    from coinpp_pipeline.latent_arm import _torch_features
 
-    starts_full = np.arange(len(full)) == 0
+    grids = [torch.from_numpy(np.stack([g[k] for g in full])).float() for k in range(len(SHAPES))]
     for lv in range(len(SHAPES)):  # the same features as the coder's, previous item included
-        z = np.stack([g[lv] for g in full])
-        pp = np.pad(np.stack([g[lv + 1] for g in full]), ((0, 0), (1, 1), (1, 1))) if lv + 1 < len(SHAPES) else None
-        i, r, c = (a.ravel() for a in np.indices(z.shape))
-        x = features(np.pad(z, ((0, 0), (2, 0), (3, 3))), pp, lv, len(SHAPES), i, r, c, _previous(z, starts_full))
-        grids = [torch.from_numpy(np.stack([g[k] for g in full])).float() for k in range(len(SHAPES))]
+        x = coder_features(full, lv, item_context=True)
         first = _torch_features([g[:1] for g in grids], lv, len(SHAPES), item_context=True)  # no previous item
         rest = _torch_features([g[1:] for g in grids], lv, len(SHAPES), item_context=True, prev=grids[lv][:-1])
         np.testing.assert_array_equal(torch.cat([first, rest]).reshape(-1, x.shape[1]).numpy(), x)

@@ -4,7 +4,6 @@ stored rd_compare result (interpolated in log ratio, as rd_summary.py does).
 
     python benchmarks/prototypes/grid_eval_proto.py --model M --dataset era5:t2m 1 10
     (positional: rate weights, optionally LAM,STEPS; --lr overrides the encoder learning rate)
-
 """
 import argparse, json, sys, time
 from pathlib import Path
