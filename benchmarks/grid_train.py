@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> str:
                     help="with --table-sets: also train a learned autoregressive entropy model on those latents")
     ap.add_argument("--encode-rate", choices=["tables", "arm"], default=None,
                     help="the encoder's rate term: the tables' Laplace proxy (default) or the model's ARM")
+    ap.add_argument("--predict-previous", action="store_true",
+                    help="with --from-model: each field of a chunk after the first is also predicted from the "
+                         "previous one's decoded output (GridConfig.predict_previous)")
     ap.add_argument("--latents-cache", default=None, metavar="NPZ",
                     help="with --table-sets: reuse / save the encoder's training latents per rate weight here "
                          "(only valid for the same --from-model and training fields)")
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> str:
                 model = _table_sets(model, train, args)
         if args.encode_rate:
             model = model.with_encoding(encode_rate=args.encode_rate)
+        if args.predict_previous:
+            model = model.with_previous_predictor()
         return _save(model, args.out)
 
     train = _train_fields(args.dataset)

@@ -30,7 +30,8 @@ bytes, the last section's 1-2 length bytes).
 Sections: ``L`` entropy-coded latents (patch models), ``G`` entropy-coded latent grids
 (grid models; ``patch`` then holds the field shape), ``M`` mask of invalid points (zlib of
 packbits), ``R`` error-bounded residual, ``K`` constant-chunk values, ``P`` basis coefficients
-of a grid model with a basis (float16, fields x k). Every size read from a header is
+of a grid model with a basis (float16, fields x k, or range-coded), ``Q`` the previous-field
+predictor's coefficients of a grid model that has one (float16, one per field after the first). Every size read from a header is
 bounded before anything is allocated; any inconsistency raises :class:`BitstreamError`.
 """
 
@@ -63,7 +64,7 @@ MODEL_ID_BYTES_V2 = 4
 DTYPES: tuple[str, ...] = (
     "<f4", "<f8", "<f2", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8",
 )
-SECTION_TAGS = frozenset(b"LMRKGP")
+SECTION_TAGS = frozenset(b"LMRKGPQ")
 
 
 @dataclass

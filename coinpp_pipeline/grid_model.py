@@ -239,6 +239,13 @@ class GridModel(Model):
         )
         return self._replace(config=config, network=copy.deepcopy(self.network))
 
+    def with_previous_predictor(self, enabled: bool = True) -> GridModel:
+        """A copy of this model that predicts each field of a chunk from the previous one
+        (``GridConfig.predict_previous``; ``enabled=False``: one that does not). Same synthesis
+        weights and coders; its own model id (the chunk layout differs)."""
+        config = dataclasses.replace(self.config, predict_previous=bool(enabled))
+        return self._replace(config=config, network=copy.deepcopy(self.network))
+
     def to(self, device: str | torch.device | None) -> GridModel:
         self.device = pick_device(str(device) if device is not None else None)
         self.network.to(self.device)
@@ -281,7 +288,8 @@ class GridModel(Model):
         return project_on_basis(x, basis)
 
     def fit_grids_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float,
-                         prev: Sequence[np.ndarray] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+                         prev: Sequence[np.ndarray] | None = None,
+                         predictor: torch.Tensor | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         """Encode normalised fields ``(B, H, W)`` (invalid points ignored) -> ``L`` int64
         grids ``(B, h_l, w_l)`` in ``[-K, K]`` and the basis coefficients ``(B, k)`` (float32,
         before their quantization for the chunk, :meth:`_coefficient_section`; ``k = 0``
@@ -296,15 +304,22 @@ class GridModel(Model):
         With a basis, its coefficients start at the fields' projection and are fitted with
         the latents. With ``encode_rate="arm"`` the rate term is the model's ARM; if it has the
         item context, ``prev`` (``L`` int grids ``(B, h_l, w_l)``) are the fields' previous
-        items in the chunk (None: they begin it). Deterministic (seeded) for a given machine
-        and input."""
+        items in the chunk (None: they begin it). ``predictor (B, H, W)``
+        (:meth:`previous_predictor`, models with ``predict_previous``): one more field per item
+        whose coefficient is fitted with the basis coefficients (returned as their last
+        column, ``(B, k + 1)``; it starts at the field's projection on it). Deterministic
+        (seeded) for a given machine and input."""
         shape = (normed.shape[1], normed.shape[2])
         k = self.config.max_symbol
         x = torch.from_numpy(np.where(valid, normed, 0.0).astype(np.float32)).to(self.device)
         m = torch.from_numpy(valid.astype(np.float32)).to(self.device)
         gen = torch.Generator(device=self.device).manual_seed(0)
         clim = self._climatology()
-        coeffs = self.basis_coefficients(x).requires_grad_(True)
+        coeffs = self.basis_coefficients(x)
+        if predictor is not None:
+            coeffs = torch.cat([coeffs, (x * predictor).flatten(1).mean(1, keepdim=True)], 1)
+        coeffs.requires_grad_(True)
+        k_basis = self.config.basis
         rate_bits = self._rate_term(prev)
         zs = [t.requires_grad_(True) for t in self.initial_latents(x, rate_weight, steps)]
         if steps > 0:
@@ -319,7 +334,9 @@ class GridModel(Model):
                     else:
                         tau = sga_temperature(step - n_noise, steps - n_noise)
                         zq = [soft_round_sga(z, tau, gen) for z in zs]
-                    rec = self.network(zq, clim, shape, coeffs)
+                    rec = self.network(zq, clim, shape, coeffs[:, :k_basis])
+                    if predictor is not None:
+                        rec = rec + coeffs[:, k_basis, None, None] * predictor
                     mse = masked_mse(rec, x, m)
                     bits = rate_bits(zq, rounded)
                     loss = (mse + rate_weight * bits / (shape[0] * shape[1])).sum()
@@ -370,12 +387,31 @@ class GridModel(Model):
         ``(B, k)``. Each field's loss is its own: the batching changes only the random draws of the
         noise / annealing. With ``encode_rate="arm"`` and an ARM with the item context the
         fields are one chunk's items in order: encoded one after the other, each with its
-        predecessor's final latents as the rate term's item context (what the coder will use)."""
-        if self.config.encode_rate == "arm" and self.arm is not None and self.arm.item_context:
+        predecessor's final latents as the rate term's item context (what the coder will use).
+        With ``predict_previous`` likewise one after the other, each field after the first
+        given the :meth:`previous_predictor` of its predecessor's decoded output (as the
+        decoder will compute it: rounded latents, coefficients as stored); the coefficients
+        then have one more column, the predictor's (0 for the first field)."""
+        item_ctx = self.config.encode_rate == "arm" and self.arm is not None and self.arm.item_context
+        if item_ctx or self.config.predict_previous:
+            hw = (normed.shape[1], normed.shape[2])
             parts: list[tuple[list[np.ndarray], np.ndarray]] = []
+            out: torch.Tensor | None = None  # the previous field's decoded output (normalised)
             for i in range(normed.shape[0]):
-                prev = parts[-1][0] if parts else None
-                parts.append(self.fit_grids_coeffs(normed[i : i + 1], valid[i : i + 1], steps, rate_weight, prev))
+                prev = parts[-1][0] if parts and item_ctx else None
+                pred = None
+                if out is not None:
+                    with torch.no_grad():
+                        pred = self.previous_predictor(out)
+                g, c = self.fit_grids_coeffs(normed[i : i + 1], valid[i : i + 1], steps, rate_weight, prev, pred)
+                if self.config.predict_previous:
+                    if pred is None:
+                        c = np.concatenate([c, np.zeros((1, 1), np.float32)], axis=1)
+                    k = self.config.basis
+                    cb = self._coefficient_section(c[:, :k], rate_weight, hw)[1] if k else None
+                    zs = [torch.from_numpy(z.astype(np.float32)).to(self.device) for z in g]
+                    out = self._synthesize_item(zs, hw, cb, float(_half(c[0, k])), out)
+                parts.append((g, c))
         else:
             points = ENCODE_POINTS_CUDA if self.device.type == "cuda" else ENCODE_POINTS
             parts = [self.fit_grids_coeffs(normed[b], valid[b], steps, rate_weight)
@@ -384,14 +420,52 @@ class GridModel(Model):
         return grids, np.concatenate([p[1] for p in parts])
 
     def synthesize_grids(self, grids: Sequence[np.ndarray], shape: tuple[int, int],
-                         coeffs: np.ndarray | None = None) -> np.ndarray:
-        """``L`` int grids ``(B, h_l, w_l)`` (and with a basis, its coefficients ``(B, k)``)
-        -> fields ``(B, H, W)`` in original units (float64)."""
+                         coeffs: np.ndarray | None = None, predictor_coeffs: np.ndarray | None = None) -> np.ndarray:
+        """``L`` int grids ``(B, h_l, w_l)`` (and with a basis, its coefficients ``(B, k)``;
+        with ``predict_previous``, the predictor's coefficients ``(B,)``, the first ignored)
+        -> fields ``(B, H, W)`` in original units (float64). With ``predict_previous`` the
+        fields are synthesised one after the other (:meth:`_synthesize_item`)."""
         with torch.inference_mode():
             zs = [torch.from_numpy(g.astype(np.float32)).to(self.device) for g in grids]
-            c = None if coeffs is None else torch.from_numpy(np.asarray(coeffs, np.float32)).to(self.device)
-            out = self.network(zs, self._climatology(), shape, c).float().cpu().numpy()
+            if self.config.predict_previous:
+                if predictor_coeffs is None:
+                    raise ValueError("this model predicts each field from the previous one: give predictor_coeffs")
+                prev: torch.Tensor | None = None
+                outs = []
+                for i in range(zs[0].shape[0]):
+                    cb = None if coeffs is None else np.asarray(coeffs, np.float32)[i : i + 1]
+                    prev = self._synthesize_item([z[i : i + 1] for z in zs], shape, cb, float(predictor_coeffs[i]), prev)
+                    outs.append(prev)
+                out = torch.cat(outs).float().cpu().numpy()
+            else:
+                c = None if coeffs is None else torch.from_numpy(np.asarray(coeffs, np.float32)).to(self.device)
+                out = self.network(zs, self._climatology(), shape, c).float().cpu().numpy()
         return out.astype(np.float64) * float(self.std[0]) + self.mean.astype(np.float64)
+
+    def _synthesize_item(self, zs: Sequence[torch.Tensor], shape: tuple[int, int], coeffs: np.ndarray | None,
+                         predictor_coeff: float, prev: torch.Tensor | None) -> torch.Tensor:
+        """One field's decoded output ``(1, H, W)`` (normalised) from its latents ``L x (1, h_l,
+        w_l)``, basis coefficients ``(1, k)`` as stored, and — after the chunk's first field
+        (``prev``: the previous field's output) — ``predictor_coeff`` times
+        :meth:`previous_predictor` of ``prev``. The encoder and the decoder both call this,
+        so they see the same predictor."""
+        with torch.no_grad():
+            c = None if coeffs is None else torch.from_numpy(np.asarray(coeffs, np.float32)).to(self.device)
+            out: torch.Tensor = self.network(list(zs), self._climatology(), shape, c)
+            if prev is not None:
+                out = out + predictor_coeff * self.previous_predictor(prev)
+        return out
+
+    def previous_predictor(self, prev: torch.Tensor) -> torch.Tensor:
+        """Decoded normalised fields ``prev (B, H, W)`` -> the next fields' predictor fields
+        ``(B, H, W)``: less their projection on the basis (if any), scaled to unit RMS (zero
+        where nothing is left)."""
+        p = prev
+        basis: torch.Tensor | None = self.network.basis  # type: ignore[assignment]
+        if basis is not None:
+            p = p - torch.einsum("bk,khw->bhw", project_on_basis(p, basis), basis)
+        rms = p.pow(2).flatten(1).mean(1).sqrt()[:, None, None]
+        return torch.where(rms > 1e-6, p / rms.clamp_min(1e-6), torch.zeros_like(p))
 
     # ------------------------------------------------------------------ entropy coding
     def coders(self) -> tuple[GridEntropyModel | LatentARM, ...]:
@@ -466,11 +540,17 @@ class GridModel(Model):
         """Fields ``x (B, H, W)`` -> the ``G`` section and, with a bound, the ``R`` section."""
         hw = (x.shape[1], x.shape[2])
         grids, coeffs = self.fit_fields_coeffs(self._normalise(x), finite, steps, rate_weight)
+        cp = None
+        if self.config.predict_previous:
+            coeffs, cp = coeffs[:, :-1], coeffs[:, -1]
         out = {"G": self.compress_grids([[g[i] for g in grids] for i in range(x.shape[0])])}
         if self.config.basis:
             out["P"], coeffs = self._coefficient_section(coeffs, rate_weight, hw)
+        if cp is not None and x.shape[0] > 1:
+            cp = _half(cp)
+            out["Q"] = cp[1:].astype("<f2").tobytes()
         if max_abs_error is not None:
-            pred = self.synthesize_grids(grids, hw, coeffs)  # (B, 0) without a basis: ignored
+            pred = self.synthesize_grids(grids, hw, coeffs, cp)  # (B, 0) without a basis: ignored
             out["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, dtype)
         return out
 
@@ -499,7 +579,8 @@ class GridModel(Model):
             hw = (p.full[1], p.full[2])
             items = self.decompress_grids(p.chunk.sections["G"], p.items, self.config.level_shapes(hw))
             grids = [np.stack([it[lv] for it in items]) for lv in range(self.config.levels)]
-            values = self.synthesize_grids(grids, hw, self._coefficients(p.chunk.sections, p.items))
+            values = self.synthesize_grids(grids, hw, self._coefficients(p.chunk.sections, p.items),
+                                           self._predictor_coefficients(p.chunk.sections, p.items))
             out.append(p.finish(values[..., None]))
         return out
 
@@ -528,6 +609,26 @@ class GridModel(Model):
         if not np.isfinite(c).all():
             raise BitstreamError("chunk's basis coefficients are not finite")
         return c
+
+    def _predictor_coefficients(self, sections: dict[str, bytes], items: int) -> np.ndarray | None:
+        """The ``Q`` section -> the previous-field predictor's coefficients ``(items,)`` (the
+        first 0; None for a model without the predictor)."""
+        if not self.config.predict_previous:
+            if "Q" in sections:
+                raise BitstreamError("chunk holds previous-field predictor coefficients (section Q) but the "
+                                     "model has no such predictor")
+            return None
+        payload = sections.get("Q", b"")
+        if items > 1 and "Q" not in sections:
+            raise BitstreamError("chunk has no predictor coefficients (section Q) but the model predicts each "
+                                 "field from the previous one")
+        if len(payload) != 2 * (items - 1):
+            raise BitstreamError(f"chunk's predictor coefficients: need {2 * (items - 1)} bytes (section Q) for "
+                                 f"{items} fields, got {len(payload)}")
+        c = np.frombuffer(bytes(payload), "<f2").astype(np.float32)
+        if not np.isfinite(c).all():
+            raise BitstreamError("chunk's predictor coefficients are not finite")
+        return np.concatenate([np.zeros(1, np.float32), c])
 
     def _parse(self, data: bytes | bytearray | memoryview) -> _Parsed:
         chunk = self._unpack_own(data)
@@ -744,6 +845,12 @@ def _fields_to_fit(model: GridModel, data: np.ndarray) -> tuple[np.ndarray, np.n
     return x[keep], valid[keep]
 
 
+def _half(c: np.ndarray | float) -> np.ndarray:
+    """Coefficients as float16 stores them (clipped to its finite range), as float32."""
+    fmax = float(np.finfo(np.float16).max)
+    return np.clip(np.nan_to_num(np.asarray(c, np.float32)), -fmax, fmax).astype(np.float16).astype(np.float32)
+
+
 def masked_mse(rec: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error ``(B,)`` of ``rec`` vs ``x (B, H, W)`` over the points where
     ``mask`` is 1 (at least one point counted per field)."""
@@ -917,7 +1024,8 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     each field encoded with a basis computed without it and without its ``g`` neighbours on
     either side (``data`` in archive order) — a held-out field lies further from the
     training fields than a left-out field does from its neighbours; several gaps give the
-    coders that spread (and more items)."""
+    coders that spread (and more items). A model with ``predict_previous`` is fitted on
+    latents encoded without the predictor (each training field on its own)."""
     if arm_chunk_items < 1:
         raise ValueError(f"arm_chunk_items must be >= 1, got {arm_chunk_items}")
     gaps = _gap_list(cross_fit_gaps)
@@ -934,7 +1042,9 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     k = model.config.max_symbol
     sets, pooled = [], []
     t0 = time.perf_counter()
-    folds = [(m, f) for g in gaps for m, f in _cross_fitted(model, normed, valid, gap=g)]
+    # the training fields are encoded one by one (each its own chunk): without the predictor
+    enc = model.with_previous_predictor(False) if model.config.predict_previous else model
+    folds = [(m, f) for g in gaps for m, f in _cross_fitted(enc, normed, valid, gap=g)]
     n_items = x.shape[0] * len(gaps)
     for lam in lams:
         if latents is not None and lam in latents:

@@ -93,6 +93,12 @@ class GridConfig:
       its ``k`` coefficients ``c`` (chunk section ``P``: quantized and range-coded with the
       model's coefficient coder, else float16), fitted with the latents.
       Needs ``climatology``.
+    * ``predict_previous``: each field of a chunk after the first also adds ``c P``, ``P``
+      the previous field's decoded (normalised) output — less its projection on the basis,
+      at unit RMS — and ``c`` one coefficient per field fitted with the latents (chunk
+      section ``Q``, float16). For chunks along time: consecutive fields' residuals after
+      the basis correlate 0.66–0.95 on the ERA5 sample. Encoding and decoding then run
+      field after field.
     * ``encode_rate``: the encoder's rate term — ``"tables"``: the Laplace per table context
       (``log_scale`` / ``loc``); ``"arm"``: the model's learned autoregressive coder
       (:meth:`~coinpp_pipeline.latent_arm.LatentARM.torch_bits`; needs one). With an ARM
@@ -117,6 +123,7 @@ class GridConfig:
     analysis_channels: int = 0
     basis: int = 0
     encode_rate: Literal["tables", "arm"] = "tables"
+    predict_previous: bool = False
 
     def __post_init__(self) -> None:
         f = self.factors
@@ -126,6 +133,8 @@ class GridConfig:
             raise ValueError("hidden, max_symbol must be >= 1; encode_steps, refine_channels, analysis_channels >= 0")
         if self.basis < 0 or (self.basis and not self.climatology):
             raise ValueError(f"basis must be >= 0 and needs climatology=True, got {self.basis}")
+        if not isinstance(self.predict_previous, bool):
+            raise ValueError(f"predict_previous must be a bool, got {self.predict_previous!r}")
         if self.encode_rate not in ("tables", "arm"):
             raise ValueError(f"encode_rate must be 'tables' or 'arm', got {self.encode_rate!r}")
         if self.refine_channels and not self.conv:
@@ -171,7 +180,8 @@ class GridConfig:
 
 #: Config fields newer than the first grid model files, and the value a file without them means.
 _IMPLIED: dict[str, Any] = {"refine_channels": 0, "contexts": "row", "encode_noise_fraction": 0.5,
-                            "analysis_channels": 0, "basis": 0, "encode_rate": "tables"}
+                            "analysis_channels": 0, "basis": 0, "encode_rate": "tables",
+                            "predict_previous": False}
 
 
 # ------------------------------------------------------------------------------ contexts

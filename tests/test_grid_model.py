@@ -582,6 +582,10 @@ def test_grid_model_with_an_arm(gmodel: GridModel, train_data: np.ndarray, held_
         np.testing.assert_array_equal(a, np.concatenate([b, c]), err_msg=f"level {lv}")
     with pytest.raises(ValueError, match="previous items"):
         gmodel.fit_grids_coeffs(normed[1:], valid[1:], 3, 0.3, prev=first)
+    # with the previous-field predictor as well (both need the fields one after the other)
+    pa = ica.with_previous_predictor()
+    blob = pa.encode(held_out, rate_weight=0.3)
+    assert "Q" in unpack(blob).sections and psnr(held_out, pa.decode(blob)) > 15
     with pytest.raises(ValueError, match="arm_chunk_items"):
         fit_coders(gmodel, train_data[:2], [1.0], arm=True, arm_chunk_items=0)
     # the encoder can optimise for the ARM instead of the tables' proxy (needs an ARM)
@@ -840,3 +844,60 @@ def test_table_lookup_matches_indexing_in_value_and_gradient() -> None:
     (g_index,) = torch.autograd.grad((indexed * w).sum(), table)
     assert g_index.abs().sum() > 0
     torch.testing.assert_close(g_lookup, g_index, rtol=1e-6, atol=1e-6)
+
+
+def test_previous_field_predictor(bmodel: GridModel, gmodel: GridModel, train_data: np.ndarray) -> None:
+    """``predict_previous``: fields after a chunk's first add a coefficient times the previous
+    field's decoded output (less its basis part, unit RMS); encoder and decoder see the same
+    predictor, the coefficients are stored (section Q, float16) and checked."""
+    seq = fields(range(5, 7))[:4]  # consecutive held-out fields, 6 h apart
+    pm = bmodel.with_previous_predictor()
+    assert pm.config.predict_previous and pm.model_id != bmodel.model_id
+    assert "predict_previous" not in bmodel.config.to_dict()  # older files re-serialise unchanged
+    again = Model.from_bytes(pm.to_bytes(), sha256=pm.sha256)
+    assert isinstance(again, GridModel) and again.config.predict_previous
+    blob = pm.encode(seq, rate_weight=0.3)
+    chunk = unpack(blob)
+    assert len(chunk.sections["Q"]) == 2 * (len(seq) - 1)
+    c = np.frombuffer(chunk.sections["Q"], "<f2")
+    assert np.abs(c).max() > 0.05  # the fields do use their predecessor
+    out = again.decode(blob)
+    assert out.shape == seq.shape and psnr(seq, out) > 25
+    def repack(sections: dict[str, bytes]) -> bytes:
+        return pack(dataclasses.replace(chunk, sections=sections, model_id=pm.model_id))
+
+    # zeroing the stored coefficients changes every field after the first, not the first
+    z = again.decode(repack({**chunk.sections, "Q": bytes(len(chunk.sections["Q"]))}))
+    np.testing.assert_array_equal(z[0], out[0])
+    assert all(np.abs(z[i] - out[i]).max() > 0.1 for i in range(1, len(seq)))
+    # the encoder's predictor is the decoder's: error bounds hold through the chain
+    for bound in (0.2, 0.02):
+        assert np.abs(again.decode(pm.encode(seq, max_abs_error=bound)) - seq).max() <= bound
+    # a field repeated: the second is its predecessor, coded in far fewer bytes than alone
+    rep = np.stack([seq[0], seq[0]])
+    a, b = pm.encode(rep, rate_weight=0.3), bmodel.encode(rep, rate_weight=0.3)
+    one = len(bmodel.encode(rep[:1], rate_weight=0.3))
+    assert len(a) - one < 0.75 * (len(b) - one)
+    assert psnr(rep[1], pm.decode(a)[1]) > psnr(rep[1], bmodel.decode(b)[1])
+    # on the consecutive fields: fewer bytes and a closer reconstruction than without
+    plain_blob = bmodel.encode(seq, rate_weight=0.3)
+    assert len(blob) < len(plain_blob) and psnr(seq, out) > psnr(seq, bmodel.decode(plain_blob))
+    # one-field chunks carry no Q section; without a basis the predictor is the whole output
+    assert "Q" not in unpack(pm.encode(seq[:1])).sections
+    nb = gmodel.with_previous_predictor()
+    assert psnr(seq, nb.decode(nb.encode(seq, rate_weight=0.3))) > 20
+    # the Q section is checked
+    for sections, msg in [({k: v for k, v in chunk.sections.items() if k != "Q"}, "no predictor coefficients"),
+                          ({**chunk.sections, "Q": b"\x00" * 4}, "need 6 bytes"),
+                          ({**chunk.sections, "Q": np.array([np.inf, 0, 0], "<f2").tobytes()}, "not finite")]:
+        with pytest.raises(BitstreamError, match=msg):
+            again.decode(repack(sections))
+    plain = unpack(bmodel.encode(seq[:2]))
+    plain.sections["Q"] = b"\x00\x00"
+    with pytest.raises(BitstreamError, match="no such predictor"):
+        bmodel.decode(pack(dataclasses.replace(plain, model_id=bmodel.model_id)))
+    # coders are fitted on the training fields encoded without the predictor; the flag stays
+    fitted = fit_coders(pm, train_data[:3], [1.0])
+    assert fitted.config.predict_previous and len(fitted.table_sets) == 1
+    with pytest.raises(ValueError, match="predict_previous must be a bool"):
+        GridConfig(predict_previous=1)  # type: ignore[arg-type]
