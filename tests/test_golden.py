@@ -319,6 +319,30 @@ def test_grid_chunk_with_coded_basis_coefficients() -> None:
         basis.decode(blob)
 
 
+def test_grid_chunk_with_the_previous_field_predictor() -> None:
+    """The coded-basis model with ``predict_previous`` (``make_golden_grid.py predictor``; its
+    file is derived from the coded-basis one and pinned by its sha256): the config says so, the chunk of two fields holds section ``Q`` (the second field's predictor
+    coefficient, float16) and decodes to the stored array; the first field does not depend on
+    it, the second does."""
+    basis = Model.load(str(FIXTURES / "golden_grid_coded_basis_model.coinpp"))
+    assert isinstance(basis, GridModel)
+    m = Model.from_bytes(basis.with_previous_predictor().to_bytes(),  # the model file, byte for byte
+                         sha256="d8dc6b59850296867f510a21b92882fcccece8bb099d63a1d343d0634c969d39")
+    assert isinstance(m, GridModel) and m.config == dataclasses.replace(basis.config, predict_previous=True)
+    blob = (FIXTURES / "golden_grid_predictor_fields.bin").read_bytes()
+    chunk = unpack(blob)
+    assert (chunk.version, chunk.shape, set(chunk.sections)) == (2, (2, 32, 48), {"G", "P", "Q"})
+    assert np.frombuffer(chunk.sections["Q"], "<f2").tolist() == [0.222412109375]
+    out = m.decode(blob)
+    np.testing.assert_allclose(out, np.load(FIXTURES / "golden_grid_predictor_fields.npy"), rtol=0, atol=2e-3)
+    zero = m.decode(pack(dataclasses.replace(chunk, model_id=m.model_id, sections={**chunk.sections, "Q": b"\0\0"})))
+    np.testing.assert_array_equal(zero[0], out[0])
+    assert np.abs(zero[1] - out[1]).max() > 0.05
+    assert pack(dataclasses.replace(chunk, model_id=m.model_id)) == blob
+    with pytest.raises(ModelMismatchError):
+        basis.decode(blob)
+
+
 def test_grid_chunk_coded_with_the_arm() -> None:
     """A model with a learned autoregressive coder (``make_golden_grid.py arm``): its chunk's
     ``G`` section starts with the ARM's coder index (1, after the pooled tables) and decodes
