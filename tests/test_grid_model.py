@@ -850,7 +850,7 @@ def test_previous_field_predictor(bmodel: GridModel, gmodel: GridModel, train_da
     """``predict_previous``: fields after a chunk's first add a coefficient times the previous
     field's decoded output (less its basis part, unit RMS); encoder and decoder see the same
     predictor, the coefficients are stored (section Q, float16) and checked."""
-    seq = fields(range(5, 7))[:4]  # consecutive held-out fields, 6 h apart
+    seq = fields(range(5, 7))[:4]  # consecutive fields after the training days, hours apart
     pm = bmodel.with_previous_predictor()
     assert pm.config.predict_previous and pm.model_id != bmodel.model_id
     assert "predict_previous" not in bmodel.config.to_dict()  # older files re-serialise unchanged
