@@ -410,7 +410,7 @@ class GridModel(Model):
                     k = self.config.basis
                     cb = self._coefficient_section(c[:, :k], rate_weight, hw)[1] if k else None
                     zs = [torch.from_numpy(z.astype(np.float32)).to(self.device) for z in g]
-                    out = self._synthesize_item(zs, hw, cb, float(_half(c[0, k])), out)
+                    out = self._synthesize_item(zs, hw, cb, float(_half(c[0, k])), pred)
                 parts.append((g, c))
         else:
             points = ENCODE_POINTS_CUDA if self.device.type == "cuda" else ENCODE_POINTS
@@ -430,12 +430,13 @@ class GridModel(Model):
             if self.config.predict_previous:
                 if predictor_coeffs is None:
                     raise ValueError("this model predicts each field from the previous one: give predictor_coeffs")
-                prev: torch.Tensor | None = None
-                outs = []
+                cs = None if coeffs is None else np.asarray(coeffs, np.float32)
+                outs: list[torch.Tensor] = []
                 for i in range(zs[0].shape[0]):
-                    cb = None if coeffs is None else np.asarray(coeffs, np.float32)[i : i + 1]
-                    prev = self._synthesize_item([z[i : i + 1] for z in zs], shape, cb, float(predictor_coeffs[i]), prev)
-                    outs.append(prev)
+                    pred = self.previous_predictor(outs[-1]) if outs else None
+                    outs.append(self._synthesize_item([z[i : i + 1] for z in zs], shape,
+                                                      None if cs is None else cs[i : i + 1],
+                                                      float(predictor_coeffs[i]), pred))
                 out = torch.cat(outs).float().cpu().numpy()
             else:
                 c = None if coeffs is None else torch.from_numpy(np.asarray(coeffs, np.float32)).to(self.device)
@@ -443,17 +444,17 @@ class GridModel(Model):
         return out.astype(np.float64) * float(self.std[0]) + self.mean.astype(np.float64)
 
     def _synthesize_item(self, zs: Sequence[torch.Tensor], shape: tuple[int, int], coeffs: np.ndarray | None,
-                         predictor_coeff: float, prev: torch.Tensor | None) -> torch.Tensor:
+                         predictor_coeff: float, predictor: torch.Tensor | None) -> torch.Tensor:
         """One field's decoded output ``(1, H, W)`` (normalised) from its latents ``L x (1, h_l,
-        w_l)``, basis coefficients ``(1, k)`` as stored, and — after the chunk's first field
-        (``prev``: the previous field's output) — ``predictor_coeff`` times
-        :meth:`previous_predictor` of ``prev``. The encoder and the decoder both call this,
-        so they see the same predictor."""
+        w_l)``, basis coefficients ``(1, k)`` as stored, and — after the chunk's first field —
+        ``predictor_coeff`` times ``predictor`` (:meth:`previous_predictor` of the previous
+        field's output). The encoder and the decoder both call this (and that), so they see
+        the same fields."""
         with torch.no_grad():
             c = None if coeffs is None else torch.from_numpy(np.asarray(coeffs, np.float32)).to(self.device)
             out: torch.Tensor = self.network(list(zs), self._climatology(), shape, c)
-            if prev is not None:
-                out = out + predictor_coeff * self.previous_predictor(prev)
+            if predictor is not None:
+                out = out + predictor_coeff * predictor
         return out
 
     def previous_predictor(self, prev: torch.Tensor) -> torch.Tensor:
@@ -560,9 +561,8 @@ class GridModel(Model):
         decoder reads from it: float16 (format 0) without a coefficient coder, else quantized
         at the step the rate weight calls for and range-coded (format 1)."""
         if self.coeff_coder is None:
-            fmax = float(np.finfo(np.float16).max)
-            c16 = np.clip(np.nan_to_num(coeffs), -fmax, fmax).astype("<f2")
-            return bytes([COEFFS_FLOAT16]) + c16.tobytes(), c16.astype(np.float32)
+            c16 = _half(coeffs)
+            return bytes([COEFFS_FLOAT16]) + c16.astype("<f2").tobytes(), c16
         e = step_code(rate_weight, hw[0] * hw[1])
         q = self.coeff_coder.quantize(coeffs, e)
         return bytes([COEFFS_CODED]) + self.coeff_coder.compress(q, e), self.coeff_coder.dequantize(q, e)
