@@ -408,7 +408,7 @@ class GridModel(Model):
                     if pred is None:
                         c = np.concatenate([c, np.zeros((1, 1), np.float32)], axis=1)
                     k = self.config.basis
-                    cb = self._coefficient_section(c[:, :k], rate_weight, hw)[1] if k else None
+                    cb = self._stored_coefficients(c[:, :k], rate_weight, hw) if k else None
                     zs = [torch.from_numpy(z.astype(np.float32)).to(self.device) for z in g]
                     out = self._synthesize_item(zs, hw, cb, float(_half(c[0, k])), pred)
                 parts.append((g, c))
@@ -566,6 +566,14 @@ class GridModel(Model):
         e = step_code(rate_weight, hw[0] * hw[1])
         q = self.coeff_coder.quantize(coeffs, e)
         return bytes([COEFFS_CODED]) + self.coeff_coder.compress(q, e), self.coeff_coder.dequantize(q, e)
+
+    def _stored_coefficients(self, coeffs: np.ndarray, rate_weight: float, hw: tuple[int, int]) -> np.ndarray:
+        """The coefficients ``(B, k)`` a decoder reads back from :meth:`_coefficient_section`,
+        without range-coding them (element-wise, so the same for any subset of fields)."""
+        if self.coeff_coder is None:
+            return _half(coeffs)
+        e = step_code(rate_weight, hw[0] * hw[1])
+        return self.coeff_coder.dequantize(self.coeff_coder.quantize(coeffs, e), e)
 
     def decode_many(self, blobs: Sequence[bytes | bytearray | memoryview]) -> list[np.ndarray]:
         parsed = [self._parse(b) for b in blobs]
