@@ -67,6 +67,7 @@ class ArchiveJob:
     max_abs_error: float | None = None
     rel_error: float | None = None
     rate_weight: float | None = None  # latent-grid models only
+    residual_bpv: float | None = None  # latent-grid models only: the SPERR hybrid layer
     storage_options: dict[str, Any] = field(default_factory=dict)
     source_storage_options: dict[str, Any] = field(default_factory=dict)
     file_times: list[int] = field(default_factory=list)  # items per source file
@@ -104,12 +105,16 @@ def plan_archive(job: ArchiveJob) -> ArchiveJob:
 def _encoding(job: ArchiveJob, var: str, shape: tuple[int, ...]) -> dict[str, Any]:
     params: dict[str, Any] = {"model": job.model_hashes[var], "model_url": job.models[var], "steps": job.steps,
               "max_abs_error": job.max_abs_error, "rel_error": job.rel_error}
-    if job.rate_weight is not None:
-        params["rate_weight"] = job.rate_weight
+    params |= _grid_options(job)
     chunks = (job.time_chunk, *shape[1:])
     if job.zarr_format == 2:
         return {"chunks": chunks, "compressors": [COINppCodec(**params)], "filters": None}
     return {"chunks": chunks, "serializer": COINppZarrCodec(**params), "compressors": None}
+
+
+def _grid_options(job: ArchiveJob) -> dict[str, float]:
+    """The latent-grid codec options the job sets (written into configurations only when set)."""
+    return {k: v for k, v in (("rate_weight", job.rate_weight), ("residual_bpv", job.residual_bpv)) if v is not None}
 
 
 def _read_items(job: ArchiveJob, start: int, stop: int, variables: list[str] | None = None) -> xr.Dataset:
@@ -317,7 +322,7 @@ def finalize_store(job: ArchiveJob, results: list[RegionResult]) -> dict[str, di
             "models": {v: {"sha256": job.model_hashes[v], "url": job.models[v]} for v in job.variables},
             "sources": job.sources,
             "codec": {"steps": job.steps, "max_abs_error": job.max_abs_error, "rel_error": job.rel_error,
-                      **({"rate_weight": job.rate_weight} if job.rate_weight is not None else {})},
+                      **_grid_options(job)},
         }
     })
     if job.zarr_format == 2:

@@ -31,7 +31,9 @@ Sections: ``L`` entropy-coded latents (patch models), ``G`` entropy-coded latent
 (grid models; ``patch`` then holds the field shape), ``M`` mask of invalid points (zlib of
 packbits), ``R`` error-bounded residual, ``K`` constant-chunk values, ``P`` basis coefficients
 of a grid model with a basis (float16, fields x k, or range-coded), ``Q`` the previous-field
-predictor's coefficients of a grid model that has one (float16, one per field after the first). Every size read from a header is
+predictor's coefficients of a grid model that has one (float16, one per field after the first),
+``S`` the hybrid layer: SPERR's stream of a grid model's residual (:mod:`.sperr_residual`,
+applied before ``R``). Every size read from a header is
 bounded before anything is allocated; any inconsistency raises :class:`BitstreamError`.
 """
 
@@ -64,7 +66,7 @@ MODEL_ID_BYTES_V2 = 4
 DTYPES: tuple[str, ...] = (
     "<f4", "<f8", "<f2", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8",
 )
-SECTION_TAGS = frozenset(b"LMRKGPQ")
+SECTION_TAGS = frozenset(b"LMRKGPQS")
 
 
 @dataclass

@@ -22,6 +22,10 @@ Configuration (plain JSON, what zarr writes into the store's metadata):
   bound and a residual left, the encoder also tries smaller ones and keeps the shortest chunk:
   ``grid_model.BOUNDED_RATE_DIVISOR``, ``BOUNDED_RATE_TRIES``). Written into the
   configuration only when set.
+* ``residual_bpv``: latent-grid models only: the hybrid layer — SPERR codes the network's
+  residual at this many bits per value (:mod:`coinpp_pipeline.sperr_residual`), for qualities
+  above what the network alone reaches (ERA5 msl at ≈ 100×: see the README). Written into the
+  configuration only when set.
 
 The chunk must be an ndarray of the chunk's shape (zarr v2 hands compressors the chunk array):
 the chunk bytes record dtype and shape, so :meth:`COINppCodec.decode` returns the array itself
@@ -56,6 +60,7 @@ from numcodecs.compat import ensure_bytes, ensure_ndarray_like, ndarray_copy
 
 from .model import Model, check_dtype
 from .resolve import register_model, resolve_model
+from .sperr_residual import check_residual_bpv
 
 #: ``"lock"``: one chunk at a time in the torch sections, torch keeps its thread pool (default);
 #: ``"single"``: no lock, torch limited to one thread per process so zarr's worker threads run
@@ -120,15 +125,15 @@ def encode_array(
     max_abs_error: float | None,
     rel_error: float | None,
     rate_weight: float | None = None,
+    residual_bpv: float | None = None,
 ) -> bytes:
     """Compress one chunk ``arr (*items, *spatial[, C])`` with the codec's parameters."""
     check_array(arr)
     arr = np.ascontiguousarray(arr)
     bound = chunk_bound(arr, max_abs_error, rel_error)
+    grid_options = {k: v for k, v in (("rate_weight", rate_weight), ("residual_bpv", residual_bpv)) if v is not None}
     with torch_section(inference=False):
-        if rate_weight is None:
-            return model.encode(arr, steps=steps, max_abs_error=bound)
-        return model.encode(arr, steps=steps, max_abs_error=bound, rate_weight=rate_weight)
+        return model.encode(arr, steps=steps, max_abs_error=bound, **grid_options)
 
 
 def decode_bytes(model: Model, data: bytes) -> np.ndarray:
@@ -145,7 +150,7 @@ def decode_many_bytes(model: Model, blobs: list[bytes]) -> list[np.ndarray]:
 
 def validate_params(
     model: str, model_url: str | None, steps: int | None, max_abs_error: float | None, rel_error: float | None,
-    rate_weight: float | None = None,
+    rate_weight: float | None = None, residual_bpv: float | None = None,
 ) -> None:
     if not isinstance(model, str) or len(model) != 64:
         raise ValueError(f"model must be the 64-hex-digit sha256 of a model file, got {model!r}")
@@ -167,6 +172,7 @@ def validate_params(
         or not math.isfinite(rate_weight) or rate_weight < 0
     ):
         raise ValueError(f"rate_weight must be a finite number >= 0 or None, got {rate_weight!r}")
+    check_residual_bpv(residual_bpv)
 
 
 def codec_config(
@@ -176,13 +182,14 @@ def codec_config(
     max_abs_error: float | None,
     rel_error: float | None,
     rate_weight: float | None = None,
+    residual_bpv: float | None = None,
 ) -> dict[str, Any]:
     """Validated, normalised codec parameters (a :class:`Model` is registered in this process
     and replaced by its sha256) — shared by the numcodecs and the zarr v3 codec."""
     if isinstance(model, Model):
         model = register_model(model)
     model = model.lower() if isinstance(model, str) else model
-    validate_params(model, model_url, steps, max_abs_error, rel_error, rate_weight)
+    validate_params(model, model_url, steps, max_abs_error, rel_error, rate_weight, residual_bpv)
     out: dict[str, Any] = {
         "model": model,
         "model_url": model_url,
@@ -192,6 +199,8 @@ def codec_config(
     }
     if rate_weight is not None:
         out["rate_weight"] = float(rate_weight)
+    if residual_bpv is not None:
+        out["residual_bpv"] = float(residual_bpv)
     return out
 
 
@@ -206,6 +215,7 @@ class COINppCodec(Codec):
         max_abs_error: absolute error bound for every finite value, or None.
         rel_error: error bound relative to each chunk's value range, or None.
         rate_weight: rate–distortion weight for latent-grid models (None: model default).
+        residual_bpv: latent-grid models: bits per value of the SPERR residual layer, or None.
     """
 
     codec_id = "coinpp"
@@ -218,8 +228,10 @@ class COINppCodec(Codec):
         max_abs_error: float | None = None,
         rel_error: float | None = None,
         rate_weight: float | None = None,
+        residual_bpv: float | None = None,
     ) -> None:
-        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error, rate_weight).items():
+        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error, rate_weight,
+                                       residual_bpv).items():
             setattr(self, key, value)
         self._model: Model | None = model if isinstance(model, Model) else None
 
@@ -249,7 +261,7 @@ class COINppCodec(Codec):
                 "coinpp needs C-ordered chunks (zarr v2 order='C'); got a Fortran-ordered array"
             )
         return encode_array(self.load_model(), arr, self.steps, self.max_abs_error, self.rel_error,
-                            getattr(self, "rate_weight", None))
+                            getattr(self, "rate_weight", None), getattr(self, "residual_bpv", None))
 
     def decode(self, buf: Any, out: Any = None) -> Any:
         """Decompress one chunk; returns the array, or fills ``out`` (same number of bytes)."""

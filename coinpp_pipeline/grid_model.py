@@ -34,6 +34,7 @@ from .latent_grid import (
 )
 from .metalearning import pick_device
 from .model import Model, _encode_residual, _Parsed, _stable, check_input
+from .sperr_residual import check_residual_bpv, decode_sperr_residual, encode_sperr_residual
 
 KIND = "grid"
 #: The encoder's differentiable bits: ``(noisy latents, rounded latents) -> (B,)``.
@@ -493,14 +494,18 @@ class GridModel(Model):
 
     # ------------------------------------------------------------------ chunks
     def encode(self, array: np.ndarray, *, steps: int | None = None, max_abs_error: float | None = None,
-               rate_weight: float | None = None) -> bytes:
+               rate_weight: float | None = None, residual_bpv: float | None = None) -> bytes:
         """Compress ``array (*items, H, W)`` to chunk bytes. ``rate_weight`` (lambda) sets the
         rate: larger = smaller and less exact (default: the model's; with an error bound
         and a residual to code, also the model's / :data:`BOUNDED_RATE_DIVISOR`, / its
         square, ... while the chunk shrinks, keeping the shortest — up to
         :data:`BOUNDED_RATE_TRIES` times the encoding time); ``steps`` the encoder's gradient steps;
-        ``max_abs_error`` adds the error-bounded residual layer."""
+        ``residual_bpv`` adds the hybrid layer: SPERR codes the network's residual at that many
+        bits per value (:mod:`~coinpp_pipeline.sperr_residual`, section ``S``; for qualities
+        above what the network reaches); ``max_abs_error`` adds the error-bounded residual
+        layer (after the hybrid layer when both are given)."""
         a = check_input(array, max_abs_error)
+        bpv = check_residual_bpv(residual_bpv)
         lam = self.config.rate_weight if rate_weight is None else float(rate_weight)
         if not (math.isfinite(lam) and lam >= 0):
             raise ValueError(f"rate_weight must be a finite number >= 0, got {rate_weight}")
@@ -515,14 +520,14 @@ class GridModel(Model):
         if vals.size == 0 or vals.min() == vals.max():
             sections["K"] = struct.pack("<d", float(vals.flat[0]) if vals.size else 0.0)
         else:
-            sections |= self._latent_sections(x, finite, n_steps, lam, max_abs_error, a.dtype)
+            sections |= self._latent_sections(x, finite, n_steps, lam, max_abs_error, a.dtype, bpv)
             if rate_weight is None and max_abs_error is not None:
-                sections |= self._bounded_descent(x, finite, n_steps, lam, max_abs_error, a.dtype, sections)
+                sections |= self._bounded_descent(x, finite, n_steps, lam, max_abs_error, a.dtype, sections, bpv)
         chunk = bitstream.Chunk(a.dtype, a.shape, hw, self.model_id, sections)
         return bitstream.pack(chunk)
 
     def _bounded_descent(self, x: np.ndarray, finite: np.ndarray, steps: int, lam: float, max_abs_error: float,
-                         dtype: np.dtype, first: dict[str, bytes]) -> dict[str, bytes]:
+                         dtype: np.dtype, first: dict[str, bytes], residual_bpv: float | None) -> dict[str, bytes]:
         """The error-bounded encoder's rate weight: ``first`` (the sections at ``lam``), then
         ``lam / BOUNDED_RATE_DIVISOR ** k`` while each is shorter than the last and leaves a
         residual (at most :data:`BOUNDED_RATE_TRIES` encodes); returns the shortest."""
@@ -530,15 +535,18 @@ class GridModel(Model):
         for k in range(1, BOUNDED_RATE_TRIES):
             if best["R"][0] == 0:  # the section starts with varint rmax: 0 = no residual left
                 break
-            alt = self._latent_sections(x, finite, steps, lam / BOUNDED_RATE_DIVISOR**k, max_abs_error, dtype)
-            if len(alt["G"]) + len(alt["R"]) >= len(best["G"]) + len(best["R"]):
+            alt = self._latent_sections(x, finite, steps, lam / BOUNDED_RATE_DIVISOR**k, max_abs_error, dtype,
+                                        residual_bpv)
+            if sum(map(len, alt.values())) >= sum(map(len, best.values())):
                 break
             best = alt
         return best
 
     def _latent_sections(self, x: np.ndarray, finite: np.ndarray, steps: int, rate_weight: float,
-                         max_abs_error: float | None, dtype: np.dtype) -> dict[str, bytes]:
-        """Fields ``x (B, H, W)`` -> the ``G`` section and, with a bound, the ``R`` section."""
+                         max_abs_error: float | None, dtype: np.dtype,
+                         residual_bpv: float | None = None) -> dict[str, bytes]:
+        """Fields ``x (B, H, W)`` -> the ``G`` section (``P``, ``Q`` with a basis, a predictor)
+        and the residual layers asked for: ``S`` (SPERR at ``residual_bpv``), then ``R`` (bound)."""
         hw = (x.shape[1], x.shape[2])
         grids, coeffs = self.fit_fields_coeffs(self._normalise(x), finite, steps, rate_weight)
         cp = None
@@ -550,8 +558,13 @@ class GridModel(Model):
         if cp is not None and x.shape[0] > 1:
             cp = _half(cp)
             out["Q"] = cp[1:].astype("<f2").tobytes()
+        if max_abs_error is None and residual_bpv is None:
+            return out
+        pred = self.synthesize_grids(grids, hw, coeffs, cp)  # (B, 0) without a basis: ignored
+        if residual_bpv is not None:
+            out["S"] = encode_sperr_residual(np.where(finite, x - pred, 0.0), residual_bpv)
+            pred = pred + decode_sperr_residual(out["S"], x.shape)  # what a decoder adds
         if max_abs_error is not None:
-            pred = self.synthesize_grids(grids, hw, coeffs, cp)  # (B, 0) without a basis: ignored
             out["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, dtype)
         return out
 
@@ -589,6 +602,8 @@ class GridModel(Model):
             grids = [np.stack([it[lv] for it in items]) for lv in range(self.config.levels)]
             values = self.synthesize_grids(grids, hw, self._coefficients(p.chunk.sections, p.items),
                                            self._predictor_coefficients(p.chunk.sections, p.items))
+            if "S" in p.chunk.sections:
+                values = values + decode_sperr_residual(bytes(p.chunk.sections["S"]), (p.items, *hw))
             out.append(p.finish(values[..., None]))
         return out
 

@@ -196,7 +196,7 @@ class Model:
 
     # ---------------------------------------------------------------- chunks
     def encode(self, array: np.ndarray, *, steps: int | None = None, max_abs_error: float | None = None,
-               rate_weight: float | None = None) -> bytes:
+               rate_weight: float | None = None, residual_bpv: float | None = None) -> bytes:
         """Compress ``array (*items, *spatial[, C])`` to self-describing chunk bytes.
 
         NaN marks missing points (restored exactly as NaN); infinities are rejected.
@@ -210,6 +210,8 @@ class Model:
                 "rate_weight applies to latent-grid models only; a patch model's rate is set by "
                 "its quantizer bits (coinpp_pipeline.model.with_bits)"
             )
+        if residual_bpv is not None:
+            raise ValueError("residual_bpv (the SPERR hybrid layer) applies to latent-grid models only")
         a = check_input(array, max_abs_error)
         items, _ = split_items(a, self.config)
         layout = PatchLayout.for_shape(items.shape[1:-1], self.config)
@@ -299,6 +301,8 @@ class Model:
             raise BitstreamError(f"chunk patch layout {chunk.patch} differs from the model's {layout.patch}")
         b = math.prod(item_shape)
         full = (b, *layout.shape, self.config.channels)
+        if "S" in chunk.sections:
+            raise BitstreamError("chunk holds a SPERR residual (section S), which only latent-grid models write")
         return _Parsed(chunk, layout, b, full, self._invalid_mask(chunk, full))
 
 

@@ -56,6 +56,7 @@ class COINppZarrCodec(ArrayBytesCodec):
     max_abs_error: float | None
     rel_error: float | None
     rate_weight: float | None
+    residual_bpv: float | None
 
     def __init__(
         self,
@@ -66,16 +67,19 @@ class COINppZarrCodec(ArrayBytesCodec):
         max_abs_error: float | None = None,
         rel_error: float | None = None,
         rate_weight: float | None = None,
+        residual_bpv: float | None = None,
     ) -> None:
         object.__setattr__(self, "rate_weight", None)
-        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error, rate_weight).items():
+        object.__setattr__(self, "residual_bpv", None)
+        for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error, rate_weight,
+                                       residual_bpv).items():
             object.__setattr__(self, key, value)
 
     # ------------------------------------------------------------------ metadata
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
         _, configuration = parse_named_configuration(data, "coinpp", require_configuration=True)
-        unknown = set(configuration or {}) - {*_KEYS, "rate_weight"}
+        unknown = set(configuration or {}) - {*_KEYS, "rate_weight", "residual_bpv"}
         if unknown:
             raise ValueError(f"unknown coinpp codec configuration keys: {sorted(unknown)}")
         return cls(**configuration)  # type: ignore[arg-type]
@@ -106,7 +110,8 @@ class COINppZarrCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         arr = np.ascontiguousarray(chunk_array.as_numpy_array())
-        data = encode_array(self._model(), arr, self.steps, self.max_abs_error, self.rel_error, self.rate_weight)
+        data = encode_array(self._model(), arr, self.steps, self.max_abs_error, self.rel_error, self.rate_weight,
+                            self.residual_bpv)
         return chunk_spec.prototype.buffer.from_bytes(data)
 
     def _decode_many(self, items: list[tuple[Buffer | None, ArraySpec]]) -> list[NDBuffer | None]:
@@ -146,6 +151,7 @@ class COINppZarrCodec(ArrayBytesCodec):
     def config_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict (same keys as the numcodecs codec)."""
         out = {k: getattr(self, k) for k in _KEYS}
-        if self.rate_weight is not None:
-            out["rate_weight"] = self.rate_weight
+        for key in ("rate_weight", "residual_bpv"):  # written only when set
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out

@@ -134,6 +134,7 @@ def compress_archive(
     source_storage_options: dict[str, Any] | None = None,
     model_kind: Literal["patch", "grid"] = "patch",
     rate_weight: Annotated[float, Field(ge=0)] | None = None,
+    residual_bpv: Annotated[float, Field(gt=0, le=16)] | None = None,
 ) -> dict[str, Any]:
     """Compress ``variables`` of the archive at ``source`` into the Zarr store ``target``.
 
@@ -142,7 +143,8 @@ def compress_archive(
     and written to ``model_dir`` as ``<sha256>.coinpp`` (default: beside the store,
     ``<target>.models/``; put that directory on ``COINPP_MODEL_PATH`` for readers).
     Codec parameters: ``steps`` (inner steps), ``max_abs_error`` / ``rel_error`` (error bound),
-    ``rate_weight`` (latent-grid models: larger = smaller store). ``model_kind``: the kind of
+    ``rate_weight`` (latent-grid models: larger = smaller store), ``residual_bpv`` (latent-grid
+    models: SPERR codes the network's residual at that many bits per value, for higher quality). ``model_kind``: the kind of
     model trained when none is given ("patch" COIN++ or "grid" latent-grid, whose climatology
     needs whole fields per chunk — the default chunking here).
     Returns per-variable statistics (raw bytes, stored bytes, ratio, PSNR, max abs error).
@@ -167,7 +169,7 @@ def compress_archive(
         sources=sources, target=target, variables=list(variables), models=models,
         model_hashes=hashes, time_dim=time_dim, time_chunk=time_chunk, region_chunks=region_chunks,
         zarr_format=zarr_format, steps=steps, max_abs_error=max_abs_error, rel_error=rel_error,
-        rate_weight=rate_weight,
+        rate_weight=rate_weight, residual_bpv=residual_bpv,
         storage_options=storage_options or {}, source_storage_options=source_storage_options or {},
     )
     allow_model_urls(*models.values())

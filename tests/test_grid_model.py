@@ -304,7 +304,8 @@ def test_bounded_descent_stops(gmodel: GridModel, held_out: np.ndarray, monkeypa
     the lambda, ``R`` empty of residual (first byte 0) when the size is negative."""
     seen: list[float] = []
 
-    def sections(x: np.ndarray, finite: np.ndarray, steps: int, lam: float, bound: float | None, dtype: np.dtype) -> dict[str, bytes]:
+    def sections(x: np.ndarray, finite: np.ndarray, steps: int, lam: float, bound: float | None, dtype: np.dtype,
+                 residual_bpv: float | None) -> dict[str, bytes]:
         seen.append(lam)
         size = next(v for k, v in sizes.items() if math.isclose(k, lam))
         return {"G": repr(lam).encode().ljust(abs(size), b" "), "R": bytes([0 if size < 0 else 1])}
@@ -351,11 +352,56 @@ def test_refinement_channels_and_sga_training(train_data: np.ndarray, held_out: 
     np.testing.assert_array_equal(back.decode(blob), m.decode(blob))
 
 
-def test_patch_models_refuse_rate_weight() -> None:
+def test_patch_models_refuse_rate_weight_and_the_sperr_layer() -> None:
     from helpers import tiny_model
 
-    with pytest.raises(ValueError, match="latent-grid models only"):
-        tiny_model().encode(np.zeros((32, 48), np.float32) + 1.0, rate_weight=1.0)
+    for option in ({"rate_weight": 1.0}, {"residual_bpv": 1.0}):
+        with pytest.raises(ValueError, match="latent-grid models only"):
+            tiny_model().encode(np.zeros((32, 48), np.float32) + 1.0, **option)
+
+
+def test_sperr_residual_layer(gmodel: GridModel, held_out: np.ndarray) -> None:
+    """The hybrid layer: SPERR codes the network's residual at ``residual_bpv`` bits per value
+    (section ``S``; 2-D for one field, 3-D for several): more bytes, closer to the input; with
+    an error bound the bound still holds and its residual section shrinks; NaN stays NaN."""
+    for x in (held_out[:1], held_out):
+        plain = gmodel.encode(x, rate_weight=3.0)
+        blob = gmodel.encode(x, rate_weight=3.0, residual_bpv=2.0)
+        assert set(unpack(blob).sections) == {"G", "S"}
+        assert unpack(blob).sections["G"] == unpack(plain).sections["G"]
+        extra = len(blob) - len(plain)
+        assert 0.8 * 2.0 * x.size / 8 < extra < 1.3 * 2.0 * x.size / 8  # the rate asked for
+        p0, p1 = psnr(x, gmodel.decode(plain)), psnr(x, gmodel.decode(blob))
+        assert p1 > p0 + 6, (p0, p1)
+        assert blob == gmodel.encode(x, rate_weight=3.0, residual_bpv=2.0)
+    bounded = gmodel.encode(held_out, rate_weight=3.0, max_abs_error=0.05)
+    both = gmodel.encode(held_out, rate_weight=3.0, max_abs_error=0.05, residual_bpv=2.0)
+    assert set(unpack(both).sections) == {"G", "S", "R"}
+    assert np.abs(gmodel.decode(both) - held_out).max() <= 0.05
+    assert len(unpack(both).sections["R"]) < len(unpack(bounded).sections["R"])
+    x = held_out.copy()
+    x[1, 5:20, 30:60] = np.nan
+    out = gmodel.decode(gmodel.encode(x, rate_weight=3.0, residual_bpv=2.0))
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(x))
+    ok = ~np.isnan(x)
+    assert psnr(x[ok], out[ok]) > psnr(x[ok], gmodel.decode(gmodel.encode(x, rate_weight=3.0))[ok]) + 6
+    for bad in (0, -1.0, float("nan"), 17.0, True, "1"):
+        with pytest.raises(ValueError, match="residual_bpv"):
+            gmodel.encode(held_out, residual_bpv=bad)  # type: ignore[arg-type]
+
+
+def test_sperr_residual_section_is_checked(gmodel: GridModel, held_out: np.ndarray) -> None:
+    """A chunk whose ``S`` stream describes another block shape is refused before SPERR reads it."""
+    one = unpack(gmodel.encode(held_out[:1], rate_weight=3.0, residual_bpv=1.0))
+    two = unpack(gmodel.encode(held_out, rate_weight=3.0, residual_bpv=1.0))
+    for chunk, other in ((one, two), (two, one)):
+        swapped = dataclasses.replace(chunk, sections=chunk.sections | {"S": other.sections["S"]},
+                                      model_id=gmodel.model_id)
+        with pytest.raises(BitstreamError, match="SPERR residual"):
+            gmodel.decode(pack(swapped))
+    with pytest.raises(BitstreamError, match="SPERR residual"):
+        gmodel.decode(pack(dataclasses.replace(one, sections=one.sections | {"S": b"\x00\x00\x01"},
+                                               model_id=gmodel.model_id)))
 
 
 def test_model_without_climatology_takes_any_shape(train_data: np.ndarray) -> None:
@@ -380,6 +426,13 @@ def test_numcodecs_codec_with_rate_weight(gmodel: GridModel, held_out: np.ndarra
     assert "rate_weight" not in COINppCodec(gmodel).get_config()
     with pytest.raises(ValueError, match="rate_weight"):
         COINppCodec(gmodel, rate_weight=float("nan"))
+    hybrid = COINppCodec(gmodel, rate_weight=3.0, residual_bpv=1.0)
+    assert hybrid.get_config()["residual_bpv"] == 1.0 and "residual_bpv" not in codec.get_config()
+    blob = numcodecs.get_codec(dict(hybrid.get_config())).encode(held_out)
+    assert "S" in unpack(blob).sections
+    assert psnr(held_out, hybrid.decode(blob)) > psnr(held_out, codec.decode(codec.encode(held_out)))
+    with pytest.raises(ValueError, match="residual_bpv"):
+        COINppCodec(gmodel, residual_bpv=0.0)
 
 
 def test_zarr_v3_array_with_grid_model(gmodel: GridModel, held_out: np.ndarray, tmp_path) -> None:
@@ -393,6 +446,9 @@ def test_zarr_v3_array_with_grid_model(gmodel: GridModel, held_out: np.ndarray, 
     arr[...] = held_out
     meta = zarr.open_array(str(tmp_path / "g.zarr")).metadata.to_dict()
     assert meta["codecs"][0]["configuration"]["rate_weight"] == 1.0
+    assert "residual_bpv" not in meta["codecs"][0]["configuration"]
+    hybrid = COINppZarrCodec.from_dict({"name": "coinpp", "configuration": {**codec.config_dict(), "residual_bpv": 0.5}})
+    assert hybrid.residual_bpv == 0.5 and hybrid.to_dict()["configuration"]["residual_bpv"] == 0.5
     back = zarr.open_array(str(tmp_path / "g.zarr"))[...]
     assert np.abs(back - held_out).max() <= 0.5
 
