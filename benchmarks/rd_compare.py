@@ -36,6 +36,11 @@ Command lines::
     # another variable / fewer COIN++ knobs
     python benchmarks/rd_compare.py --dataset era5:msl --model M.coinpp --coinpp-bits 4 6 --coinpp-steps 3
 
+    # a latent-grid model at rate weight 1, and hybrid points (SPERR on its residual at
+    # 0.1 / 0.3 bits per value), no error-bounded rows, results in another folder
+    python benchmarks/rd_compare.py --dataset era5:msl:7 --model M.coinpp --rate-weights 1 \
+        --hybrid 1:0.1 1:0.3 --coinpp-bounds --out benchmarks/results/hybrid
+
 Compression ratio = raw held-out bytes in the source dtype (values x 4 for float32, 2 for
 int16, 1 for uint8) / all stream bytes; the table and plot say which ("ratio vs int16").
 
@@ -248,7 +253,8 @@ def search(fam: Family, fields: list[np.ndarray], raw_bytes: int, target: float,
 def coinpp_rows(model_path: str, train: np.ndarray, test: np.ndarray, bits_list: list[int],
                 steps_list: list[int], rel_bounds: list[float], rng: float,
                 raw_bytes: int, rate_weights: list[float] | None = None,
-                grid_steps: list[int] | None = None) -> list[dict]:
+                grid_steps: list[int] | None = None,
+                hybrid: list[tuple[float, float]] | None = None) -> list[dict]:
     import torch  # noqa: F401  (imported lazily: only needed with --model)
 
     from coinpp_pipeline import Model
@@ -282,6 +288,9 @@ def coinpp_rows(model_path: str, train: np.ndarray, test: np.ndarray, bits_list:
             for lam in rate_weights or [base.config.rate_weight]:
                 run(base, f"COIN++ grid l{lam:g} s{steps}", {"rate_weight": lam, "steps": steps},
                     steps=steps, rate_weight=lam)
+        for lam, bpv in hybrid or []:
+            run(base, f"COIN++ grid l{lam:g}+S{bpv:g}", {"rate_weight": lam, "steps": base.config.encode_steps,
+                                                        "residual_bpv": bpv}, rate_weight=lam, residual_bpv=bpv)
         for rel in rel_bounds:
             run(base, f"COIN++ grid bound {rel:g}", {"steps": base.config.encode_steps, "rel_bound": rel,
                                                      "max_abs_error": rel * rng}, max_abs_error=rel * rng)
@@ -297,6 +306,14 @@ def coinpp_rows(model_path: str, train: np.ndarray, test: np.ndarray, bits_list:
         run(base, f"COIN++ bound {rel:g}", {"bits": base.config.bits, "steps": 3, "rel_bound": rel,
                                             "max_abs_error": rel * rng}, steps=3, max_abs_error=rel * rng)
     return rows
+
+
+def _hybrid_point(text: str) -> tuple[float, float]:
+    try:
+        lam, bpv = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAMBDA:BPV (e.g. 1:0.3), got {text!r}") from None
+    return lam, bpv
 
 
 # ------------------------------------------------------------------------ output
@@ -377,6 +394,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="latent-grid models: rate weights (lambda) to encode with")
     ap.add_argument("--grid-steps", type=int, nargs="+", default=None,
                     help="latent-grid models: encoder steps (default: the model's)")
+    ap.add_argument("--hybrid", type=_hybrid_point, nargs="+", default=None, metavar="LAMBDA:BPV",
+                    help="latent-grid models: hybrid points, the network at rate weight LAMBDA plus SPERR "
+                         "on its residual at BPV bits per value (GridModel.encode(residual_bpv=...))")
     ap.add_argument("--coinpp-bounds", type=float, nargs="*", default=[1e-1, 3e-2, 1e-2],
                     help="error-bounded COIN++ points, x range")
     ap.add_argument("--out", default="benchmarks/results")
@@ -434,7 +454,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.model:
         crow = coinpp_rows(args.model, ds.train, test, args.coinpp_bits, args.coinpp_steps,
-                           args.coinpp_bounds, rng, raw_bytes, args.rate_weights, args.grid_steps)
+                           args.coinpp_bounds, rng, raw_bytes, args.rate_weights, args.grid_steps,
+                           args.hybrid)
         # the saved model's own file (with_bits refits have their own, slightly different sizes)
         info["model_bytes"] = Path(args.model).stat().st_size
         info["model"] = args.model
@@ -444,7 +465,8 @@ def main(argv: list[str] | None = None) -> dict:
             r["hit"] = None
             kn = r["knob"]
             kind = "COIN++ grid" if "grid" in r["codec"] else "COIN++"
-            r["series"] = (f"{kind} steps {kn['steps']}" if "rel_bound" not in kn else f"{kind} error-bounded")
+            r["series"] = (f"{kind} error-bounded" if "rel_bound" in kn else f"{kind} + SPERR residual"
+                           if "residual_bpv" in kn else f"{kind} steps {kn['steps']}")
         rows.extend(crow)
     else:
         print("(no --model: COIN++ rows skipped)")
