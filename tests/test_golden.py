@@ -343,6 +343,29 @@ def test_grid_chunk_with_the_previous_field_predictor() -> None:
         basis.decode(blob)
 
 
+@pytest.mark.parametrize(("name", "shape", "dims"), [("fields", (2, 32, 48), (48, 32, 2)), ("field", (1, 32, 48), (48, 32))])
+def test_grid_chunk_with_the_sperr_hybrid_layer(name: str, shape: tuple[int, ...], dims: tuple[int, ...]) -> None:
+    """The coded-basis model's chunks with section ``S`` (``make_golden_grid.py hybrid``): SPERR's
+    stream with its header (flags 0x40 for a 3-D block, then the dimensions as u32, fastest
+    first) decodes, added to the network's output, to the stored array; without it the output is
+    the network's alone."""
+    from coinpp_pipeline.sperr_residual import decode_sperr_residual
+
+    m = Model.load(str(FIXTURES / "golden_grid_coded_basis_model.coinpp"))
+    blob = (FIXTURES / f"golden_grid_hybrid_{name}.bin").read_bytes()
+    chunk = unpack(blob)
+    assert (chunk.version, chunk.shape, set(chunk.sections)) == (2, shape, {"G", "P", "S"})
+    s = chunk.sections["S"]
+    assert s[1] == (0x40 if len(dims) == 3 else 0) and np.frombuffer(s[2 : 2 + 4 * len(dims)], "<u4").tolist() == list(dims)
+    out = m.decode(blob)
+    np.testing.assert_allclose(out, np.load(FIXTURES / f"golden_grid_hybrid_{name}.npy"), rtol=0, atol=2e-3)
+    sections = {k: v for k, v in chunk.sections.items() if k != "S"}
+    network = m.decode(pack(dataclasses.replace(chunk, model_id=m.model_id, sections=sections)))
+    residual = decode_sperr_residual(s, shape)  # type: ignore[arg-type]
+    np.testing.assert_allclose(out - network, residual, rtol=0, atol=1e-3)
+    assert np.abs(residual).max() > 0.1
+
+
 def test_grid_chunk_coded_with_the_arm() -> None:
     """A model with a learned autoregressive coder (``make_golden_grid.py arm``): its chunk's
     ``G`` section starts with the ARM's coder index (1, after the pooled tables) and decodes
