@@ -335,7 +335,8 @@ def test_meta_train_flow_names_model_by_hash_and_resumes(tmp_path: Path) -> None
 
 def test_grid_model_kind_through_both_flows(tmp_path: Path) -> None:
     """compress-archive with model_kind="grid": the meta-train subflow trains a latent-grid
-    model, the store records rate_weight in its codec, and readers get values within the bound."""
+    model, the store records rate_weight and residual_bpv (the SPERR hybrid layer) in its codec
+    and provenance, and readers get values within the bound."""
     files = ERA5_FILES[:2]
     target = tmp_path / "grid.zarr"
     from flows.compress_archive import compress_archive
@@ -343,10 +344,15 @@ def test_grid_model_kind_through_both_flows(tmp_path: Path) -> None:
     arch = {"factors": [2, 4, 8], "hidden": 8, "max_symbol": 8, "encode_steps": 20}
     stats = compress_archive(source=[str(f) for f in files], target=str(target), variables=["t2m"],
                              model_kind="grid", architecture=arch, train_steps=20, rate_weight=3.0,
-                             max_abs_error=BOUND, region_chunks=4)
+                             residual_bpv=1.0, max_abs_error=BOUND, region_chunks=4)
     assert stats["stats"]["t2m"]["ratio"] > 1
     codec = zarr.open_array(str(target), path="t2m").metadata.to_dict()["codecs"][0]["configuration"]
-    assert codec["rate_weight"] == 3.0
+    assert codec["rate_weight"] == 3.0 and codec["residual_bpv"] == 1.0
+    assert zarr.open_group(str(target)).attrs["coinpp"]["codec"]["residual_bpv"] == 1.0
+    from coinpp_pipeline.bitstream import unpack
+
+    chunk = next(p for p in (target / "t2m" / "c").rglob("*") if p.is_file())
+    assert "S" in unpack(chunk.read_bytes()).sections
     from coinpp_pipeline import Model
     from coinpp_pipeline.grid_model import GridModel
 
