@@ -31,7 +31,7 @@ import xarray as xr
 import zarr
 
 from . import __version__
-from .codec import COINppCodec
+from .codec import COINppCodec, grid_options
 from .resolve import resolve_model
 from .sources import SourceError, index_source, open_source
 from .zarr_codec import COINppZarrCodec
@@ -114,7 +114,7 @@ def _encoding(job: ArchiveJob, var: str, shape: tuple[int, ...]) -> dict[str, An
 
 def _grid_options(job: ArchiveJob) -> dict[str, float]:
     """The latent-grid codec options the job sets (written into configurations only when set)."""
-    return {k: v for k, v in (("rate_weight", job.rate_weight), ("residual_bpv", job.residual_bpv)) if v is not None}
+    return grid_options(rate_weight=job.rate_weight, residual_bpv=job.residual_bpv)
 
 
 def _read_items(job: ArchiveJob, start: int, stop: int, variables: list[str] | None = None) -> xr.Dataset:

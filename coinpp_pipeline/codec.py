@@ -62,6 +62,15 @@ from .model import Model, check_dtype
 from .resolve import register_model, resolve_model
 from .sperr_residual import check_residual_bpv
 
+#: Configuration keys for latent-grid models, written into configurations only when set.
+GRID_OPTIONS = ("rate_weight", "residual_bpv")
+
+
+def grid_options(**values: float | None) -> dict[str, float]:
+    """The :data:`GRID_OPTIONS` among ``values`` that are set."""
+    return {k: float(v) for k, v in values.items() if k in GRID_OPTIONS and v is not None}
+
+
 #: ``"lock"``: one chunk at a time in the torch sections, torch keeps its thread pool (default);
 #: ``"single"``: no lock, torch limited to one thread per process so zarr's worker threads run
 #: chunks in parallel. Chosen by the ``COINPP_TORCH_POLICY`` environment variable.
@@ -131,9 +140,9 @@ def encode_array(
     check_array(arr)
     arr = np.ascontiguousarray(arr)
     bound = chunk_bound(arr, max_abs_error, rel_error)
-    grid_options = {k: v for k, v in (("rate_weight", rate_weight), ("residual_bpv", residual_bpv)) if v is not None}
     with torch_section(inference=False):
-        return model.encode(arr, steps=steps, max_abs_error=bound, **grid_options)
+        return model.encode(arr, steps=steps, max_abs_error=bound,
+                            **grid_options(rate_weight=rate_weight, residual_bpv=residual_bpv))
 
 
 def decode_bytes(model: Model, data: bytes) -> np.ndarray:
@@ -190,18 +199,14 @@ def codec_config(
         model = register_model(model)
     model = model.lower() if isinstance(model, str) else model
     validate_params(model, model_url, steps, max_abs_error, rel_error, rate_weight, residual_bpv)
-    out: dict[str, Any] = {
+    return {
         "model": model,
         "model_url": model_url,
         "steps": steps,
         "max_abs_error": None if max_abs_error is None else float(max_abs_error),
         "rel_error": None if rel_error is None else float(rel_error),
+        **grid_options(rate_weight=rate_weight, residual_bpv=residual_bpv),
     }
-    if rate_weight is not None:
-        out["rate_weight"] = float(rate_weight)
-    if residual_bpv is not None:
-        out["residual_bpv"] = float(residual_bpv)
-    return out
 
 
 class COINppCodec(Codec):

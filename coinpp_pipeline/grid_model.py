@@ -563,8 +563,9 @@ class GridModel(Model):
         pred = self.synthesize_grids(grids, hw, coeffs, cp)  # (B, 0) without a basis: ignored
         if residual_bpv is not None:
             out["S"] = encode_sperr_residual(np.where(finite, x - pred, 0.0), residual_bpv)
-            pred = pred + decode_sperr_residual(out["S"], x.shape)  # what a decoder adds
         if max_abs_error is not None:
+            if "S" in out:  # the bound applies to what a decoder gets: prediction + SPERR's residual
+                pred = pred + decode_sperr_residual(out["S"], x.shape)
             out["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, dtype)
         return out
 

@@ -32,7 +32,14 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.buffer import Buffer, NDBuffer
 from zarr.core.common import JSON, parse_named_configuration
 
-from .codec import codec_config, decode_bytes, decode_many_bytes, encode_array
+from .codec import (
+    GRID_OPTIONS,
+    codec_config,
+    decode_bytes,
+    decode_many_bytes,
+    encode_array,
+    grid_options,
+)
 from .model import Model
 from .resolve import resolve_model
 
@@ -69,8 +76,8 @@ class COINppZarrCodec(ArrayBytesCodec):
         rate_weight: float | None = None,
         residual_bpv: float | None = None,
     ) -> None:
-        object.__setattr__(self, "rate_weight", None)
-        object.__setattr__(self, "residual_bpv", None)
+        for key in GRID_OPTIONS:
+            object.__setattr__(self, key, None)
         for key, value in codec_config(model, model_url, steps, max_abs_error, rel_error, rate_weight,
                                        residual_bpv).items():
             object.__setattr__(self, key, value)
@@ -79,7 +86,7 @@ class COINppZarrCodec(ArrayBytesCodec):
     @classmethod
     def from_dict(cls, data: dict[str, JSON]) -> Self:
         _, configuration = parse_named_configuration(data, "coinpp", require_configuration=True)
-        unknown = set(configuration or {}) - {*_KEYS, "rate_weight", "residual_bpv"}
+        unknown = set(configuration or {}) - {*_KEYS, *GRID_OPTIONS}
         if unknown:
             raise ValueError(f"unknown coinpp codec configuration keys: {sorted(unknown)}")
         return cls(**configuration)  # type: ignore[arg-type]
@@ -151,7 +158,4 @@ class COINppZarrCodec(ArrayBytesCodec):
     def config_dict(self) -> dict[str, Any]:
         """The configuration as a plain dict (same keys as the numcodecs codec)."""
         out = {k: getattr(self, k) for k in _KEYS}
-        for key in ("rate_weight", "residual_bpv"):  # written only when set
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
+        return out | grid_options(**{k: getattr(self, k) for k in GRID_OPTIONS})

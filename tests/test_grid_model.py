@@ -430,7 +430,8 @@ def test_numcodecs_codec_with_rate_weight(gmodel: GridModel, held_out: np.ndarra
     assert hybrid.get_config()["residual_bpv"] == 1.0 and "residual_bpv" not in codec.get_config()
     blob = numcodecs.get_codec(dict(hybrid.get_config())).encode(held_out)
     assert "S" in unpack(blob).sections
-    assert psnr(held_out, hybrid.decode(blob)) > psnr(held_out, codec.decode(codec.encode(held_out)))
+    plain = COINppCodec(gmodel, rate_weight=3.0)
+    assert psnr(held_out, hybrid.decode(blob)) > psnr(held_out, plain.decode(plain.encode(held_out))) + 3
     with pytest.raises(ValueError, match="residual_bpv"):
         COINppCodec(gmodel, residual_bpv=0.0)
 
