@@ -70,7 +70,10 @@ def decode_sperr_residual(payload: bytes, shape: tuple[int, int, int]) -> np.nda
     """Section ``S`` -> the residual ``(B, H, W)`` float64; BitstreamError if the stream's
     header does not describe a block of that shape."""
     ic = _imagecodecs()
-    block = _block(shape)
+    try:
+        block = _block(shape)
+    except ValueError as exc:  # no encoder writes S for such chunks
+        raise BitstreamError(f"chunk holds a SPERR residual for fields it cannot apply to: {exc}") from None
     if _stored_dims(payload, len(block)) != block:
         raise BitstreamError(f"SPERR residual section does not describe a {block} block")
     out = np.asarray(ic.sperr_decode(payload, numthreads=1), dtype=np.float64)
