@@ -39,6 +39,7 @@ from coinpp_pipeline.archive import (  # noqa: E402
 )
 from coinpp_pipeline.resolve import allow_model_urls  # noqa: E402
 from coinpp_pipeline.sources import list_sources  # noqa: E402
+from coinpp_pipeline.sperr_residual import MAX_RESIDUAL_BPV  # noqa: E402
 from coinpp_pipeline.training_report import artifact_key  # noqa: E402
 from flows.meta_train import meta_train_flow  # noqa: E402
 
@@ -134,7 +135,7 @@ def compress_archive(
     source_storage_options: dict[str, Any] | None = None,
     model_kind: Literal["patch", "grid"] = "patch",
     rate_weight: Annotated[float, Field(ge=0)] | None = None,
-    residual_bpv: Annotated[float, Field(gt=0, le=16)] | None = None,
+    residual_bpv: Annotated[float, Field(gt=0, le=MAX_RESIDUAL_BPV)] | None = None,
 ) -> dict[str, Any]:
     """Compress ``variables`` of the archive at ``source`` into the Zarr store ``target``.
 
