@@ -36,16 +36,18 @@ def psnr(rec_n):
     return 20 * np.log10(d.range) - 10 * np.log10(np.mean((rec[ok] - x[ok]) ** 2))
 for steps in a.steps:
     zs = [torch.zeros((x.shape[0], *s), requires_grad=True) for s in m.config.level_shapes(hw)]
-    opt = torch.optim.Adam(zs, lr=lr)
+    k = m.config.basis  # a basis: its coefficients are fitted with the latents (float, never rounded)
+    cf = torch.zeros((x.shape[0], k), requires_grad=True) if k else None
+    opt = torch.optim.Adam(zs + ([cf] if k else []), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
-        loss = masked_mse(m.network(zs, clim, hw), nx, mk).sum()
+        loss = masked_mse(m.network(zs, clim, hw, cf), nx, mk).sum()
         opt.zero_grad(); loss.backward(); opt.step(); sched.step()
     with torch.no_grad():
-        pf = psnr(m.network(zs, clim, hw))
-        pr = psnr(m.network([torch.round(z) for z in zs], clim, hw))
+        pf = psnr(m.network(zs, clim, hw, cf))
+        pr = psnr(m.network([torch.round(z) for z in zs], clim, hw, cf))
         amax = [float(z.abs().max()) for z in zs]
-    grids = m.fit_fields(m._normalise(x), ok, steps, 0.0)
-    pe = psnr(torch.from_numpy(((m.synthesize_grids(grids, hw) - m.mean) / std).astype(np.float32)))
+    grids, co = m.fit_fields_coeffs(m._normalise(x), ok, steps, 0.0)
+    pe = psnr(torch.from_numpy(((m.synthesize_grids(grids, hw, co if k else None) - m.mean) / std).astype(np.float32)))
     print(f"steps {steps} lr {lr}: float {pf:.2f} dB, float rounded {pr:.2f}, encoder lambda 0 {pe:.2f}; "
           f"max |z| per level {[round(v, 1) for v in amax]}", flush=True)
