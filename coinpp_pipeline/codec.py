@@ -66,9 +66,10 @@ from .sperr_residual import check_residual_bpv
 GRID_OPTIONS = ("rate_weight", "residual_bpv")
 
 
-def grid_options(**values: float | None) -> dict[str, float]:
-    """The :data:`GRID_OPTIONS` among ``values`` that are set."""
-    return {k: float(v) for k, v in values.items() if k in GRID_OPTIONS and v is not None}
+def grid_options(rate_weight: float | None = None, residual_bpv: float | None = None) -> dict[str, float]:
+    """The :data:`GRID_OPTIONS` that are set (a misspelt key is a TypeError, not dropped)."""
+    values = {"rate_weight": rate_weight, "residual_bpv": residual_bpv}
+    return {k: float(v) for k, v in values.items() if v is not None}
 
 
 #: ``"lock"``: one chunk at a time in the torch sections, torch keeps its thread pool (default);
