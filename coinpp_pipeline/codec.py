@@ -58,7 +58,7 @@ import torch
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_bytes, ensure_ndarray_like, ndarray_copy
 
-from .model import Model, check_dtype
+from .model import Model, check_dtype, check_rate_weight
 from .resolve import register_model, resolve_model
 from .sperr_residual import check_residual_bpv
 
@@ -177,11 +177,8 @@ def validate_params(
             isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0
         ):
             raise ValueError(f"{name} must be a positive finite number or None, got {v!r}")
-    if rate_weight is not None and (
-        isinstance(rate_weight, bool) or not isinstance(rate_weight, int | float)
-        or not math.isfinite(rate_weight) or rate_weight < 0
-    ):
-        raise ValueError(f"rate_weight must be a finite number >= 0 or None, got {rate_weight!r}")
+    if rate_weight is not None:
+        check_rate_weight(rate_weight)
     check_residual_bpv(residual_bpv)
 
 

@@ -33,7 +33,7 @@ from .latent_grid import (
     decompress_with_sets,
 )
 from .metalearning import pick_device
-from .model import Model, _encode_residual, _Parsed, _stable, check_input
+from .model import Model, _encode_residual, _Parsed, _stable, check_input, check_rate_weight
 from .sperr_residual import check_residual_bpv, decode_sperr_residual, encode_sperr_residual
 
 KIND = "grid"
@@ -506,9 +506,7 @@ class GridModel(Model):
         layer (after the hybrid layer when both are given)."""
         a = check_input(array, max_abs_error)
         bpv = check_residual_bpv(residual_bpv)
-        lam = self.config.rate_weight if rate_weight is None else float(rate_weight)
-        if not (math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"rate_weight must be a finite number >= 0, got {rate_weight}")
+        lam = self.config.rate_weight if rate_weight is None else check_rate_weight(rate_weight)
         n_steps = self.config.encode_steps if steps is None else int(steps)
         hw = self._shape(a.shape)
         x = a.astype(np.float64).reshape(-1, *hw)
@@ -1055,9 +1053,9 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     gaps = _gap_list(cross_fit_gaps)
     if gaps != [0] and not model.config.basis:
         raise ValueError("cross_fit_gaps apply to models with a basis")
-    lams = [float(lam) for lam in dict.fromkeys(rate_weights)]
-    if not lams or any(not (math.isfinite(lam) and lam >= 0) for lam in lams):
-        raise ValueError(f"rate weights must be finite numbers >= 0, got {list(rate_weights)}")
+    lams = list(dict.fromkeys(check_rate_weight(lam, "each rate weight") for lam in rate_weights))
+    if not lams:
+        raise ValueError("fit_coders needs at least one rate weight")
     if not (table_sets or arm):
         raise ValueError("fit_coders: ask for table_sets and/or arm")
     x, valid = _fields_to_fit(model, data)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BitstreamError, NotFittedError
+from .model import check_rate_weight
 
 if TYPE_CHECKING:
     from .latent_arm import LatentARM
@@ -143,8 +144,7 @@ class GridConfig:
             raise ValueError(f"contexts must be 'causal' or 'row', got {self.contexts!r}")
         if self.upsample not in ("bicubic", "bilinear"):
             raise ValueError(f"upsample must be 'bicubic' or 'bilinear', got {self.upsample!r}")
-        if not (math.isfinite(self.rate_weight) and self.rate_weight >= 0):
-            raise ValueError(f"rate_weight must be finite and >= 0, got {self.rate_weight}")
+        check_rate_weight(self.rate_weight)
         if not (math.isfinite(self.encode_lr) and self.encode_lr > 0):
             raise ValueError(f"encode_lr must be a finite number > 0, got {self.encode_lr}")
         if not 0 < self.encode_noise_fraction <= 1:

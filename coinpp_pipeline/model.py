@@ -48,6 +48,17 @@ def check_dtype(dtype: np.dtype) -> None:
         )
 
 
+def check_rate_weight(value: object, name: str = "rate_weight") -> float:
+    """``value`` as a float if it is a real number >= 0 (not a bool, not NaN or infinite),
+    else a ValueError naming ``name`` and the value: the one check of a rate weight (the
+    rate-distortion trade-off of latent-grid models) for codec settings, model configs,
+    encoders and coder fitting."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def check_input(array: np.ndarray, max_abs_error: float | None) -> np.ndarray:
     """The C-contiguous array to encode, after the checks every model kind shares (dtype,
     chunk size, no infinities, a valid bound); raises TypeError/ValueError naming the problem."""

@@ -317,6 +317,23 @@ def test_bounded_descent_stops(gmodel: GridModel, held_out: np.ndarray, monkeypa
     assert math.isclose(float(g.decode()), kept)
 
 
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "1"])
+def test_a_bad_rate_weight_is_refused_the_same_way_everywhere(gmodel: GridModel, held_out: np.ndarray,
+                                                              train_data: np.ndarray, bad: object) -> None:
+    """Codec settings, model config, encoder and coder fitting share one check (check_rate_weight)."""
+    msg = r"rate_weight must be a finite number >= 0, got"
+    with pytest.raises(ValueError, match=msg):
+        COINppCodec(gmodel, rate_weight=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=msg):
+        dataclasses.replace(CONFIG, rate_weight=bad)
+    with pytest.raises(ValueError, match=msg):
+        gmodel.encode(held_out[:1], rate_weight=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"each rate weight must be a finite number >= 0"):
+        fit_coders(gmodel, train_data[:2], [1.0, bad], table_sets=True)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="at least one rate weight"):
+        fit_coders(gmodel, train_data[:2], [], table_sets=True)
+
+
 def test_wrong_shapes_and_foreign_chunks_are_refused(gmodel: GridModel, held_out: np.ndarray) -> None:
     with pytest.raises(ValueError, match="climatology for fields of shape"):
         gmodel.encode(held_out[:, :40])
@@ -583,7 +600,7 @@ def test_fit_table_sets_from_the_encoders_training_latents(gmodel: GridModel, tr
     for bad, match in ((b"", "invalid length"), (b"\xff" * 8, "cannot be decoded")):
         with pytest.raises(BitstreamError, match=match):
             m.decode(pack(dataclasses.replace(chunk, sections={**chunk.sections, "G": bad})))
-    with pytest.raises(ValueError, match="rate weights"):
+    with pytest.raises(ValueError, match="each rate weight must be a finite number >= 0"):
         fit_table_sets(gmodel, train_data[:2], [-1.0])
     # a model file whose sets do not fit its pooled tables is refused on load
     bad = GridModel(m.config, m.network, m.mean, float(m.std[0]), m.tables, None, m.table_sets)
