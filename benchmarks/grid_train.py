@@ -64,6 +64,7 @@ from datasets import load  # noqa: E402
 from coinpp_pipeline.grid_model import (  # noqa: E402
     GridModel,
     GridTrainConfig,
+    detect_constant_rows,
     finetune_for_basis,
     fit_analysis,
     fit_basis,
@@ -104,6 +105,9 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--predict-previous", action="store_true",
                     help="with --from-model: each field of a chunk after the first is also predicted from the "
                          "previous one's decoded output (GridConfig.predict_previous)")
+    ap.add_argument("--constant-rows", action="store_true",
+                    help="with --from-model: store the values of the rows constant in every training field (the "
+                         "poles of a latitude-longitude grid) instead of synthesising them (GridConfig.constant_rows)")
     ap.add_argument("--latents-cache", default=None, metavar="NPZ",
                     help="with --table-sets: reuse / save the encoder's training latents per rate weight here "
                          "(only valid for the same --from-model and training fields)")
@@ -175,6 +179,10 @@ def main(argv: list[str] | None = None) -> str:
             model = model.with_encoding(encode_rate=args.encode_rate)
         if args.predict_previous:
             model = model.with_previous_predictor()
+        if args.constant_rows:
+            rows = detect_constant_rows(_train_fields(args.dataset))
+            print(f"rows constant in every training field: {list(rows)}", flush=True)
+            model = model.with_constant_rows(rows)
         return _save(model, args.out)
 
     train = _train_fields(args.dataset)

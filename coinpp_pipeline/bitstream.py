@@ -66,7 +66,7 @@ MODEL_ID_BYTES_V2 = 4
 DTYPES: tuple[str, ...] = (
     "<f4", "<f8", "<f2", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8",
 )
-SECTION_TAGS = frozenset(b"LMRKGPQS")
+SECTION_TAGS = frozenset(b"LMRKGPQSO")
 
 
 @dataclass

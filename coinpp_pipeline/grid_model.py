@@ -247,6 +247,20 @@ class GridModel(Model):
         config = dataclasses.replace(self.config, predict_previous=bool(enabled))
         return self._replace(config=config, network=copy.deepcopy(self.network))
 
+    def with_constant_rows(self, rows: Sequence[int]) -> GridModel:
+        """A copy of this model that stores the value of each of ``rows`` (the poles of a
+        latitude–longitude grid; :func:`detect_constant_rows` finds them in training data)
+        instead of synthesising it, in chunks whose fields are constant there
+        (``GridConfig.constant_rows``; ``()``: a copy that does not). The model's mean field
+        must be constant along those rows. Same synthesis weights and coders; its own model id."""
+        rows = tuple(int(r) for r in rows)
+        config = dataclasses.replace(self.config, constant_rows=rows)
+        for r in rows:
+            if np.ptp(self.mean[r]) != 0:
+                raise ValueError(f"row {r} of the model's mean field is not constant: not a constant row of "
+                                 "the training data")
+        return self._replace(config=config, network=copy.deepcopy(self.network))
+
     def to(self, device: str | torch.device | None) -> GridModel:
         self.device = pick_device(str(device) if device is not None else None)
         self.network.to(self.device)
@@ -380,8 +394,8 @@ class GridModel(Model):
         """The grids of :meth:`fit_fields_coeffs`."""
         return self.fit_fields_coeffs(normed, valid, steps, rate_weight)[0]
 
-    def fit_fields_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int,
-                          rate_weight: float) -> tuple[list[np.ndarray], np.ndarray]:
+    def fit_fields_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float,
+                          row_values: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         """:meth:`fit_grids_coeffs` for any number of fields ``(B, H, W)``, in batches of at
         most :data:`ENCODE_POINTS` points (:data:`ENCODE_POINTS_CUDA` on a GPU;
         :func:`encode_batches`) -> ``L`` grids ``(B, h_l, w_l)`` and basis coefficients
@@ -392,7 +406,9 @@ class GridModel(Model):
         With ``predict_previous`` likewise one after the other, each field after the first
         given the :meth:`previous_predictor` of its predecessor's decoded output (as the
         decoder will compute it: rounded latents, coefficients as stored); the coefficients
-        then have one more column, the predictor's (0 for the first field)."""
+        then have one more column, the predictor's (0 for the first field). ``row_values
+        (B, R)``: the normalised values the decoder writes into the model's constant rows
+        (the section ``O`` the chunk will hold; those rows should be invalid in ``valid``)."""
         item_ctx = self.config.encode_rate == "arm" and self.arm is not None and self.arm.item_context
         if item_ctx or self.config.predict_previous:
             hw = (normed.shape[1], normed.shape[2])
@@ -411,7 +427,8 @@ class GridModel(Model):
                     k = self.config.basis
                     cb = self._stored_coefficients(c[:, :k], rate_weight, hw) if k else None
                     zs = [torch.from_numpy(z.astype(np.float32)).to(self.device) for z in g]
-                    out = self._synthesize_item(zs, hw, cb, float(_half(c[0, k])), pred)
+                    out = self._synthesize_item(zs, hw, cb, float(_half(c[0, k])), pred,
+                                                None if row_values is None else row_values[i : i + 1])
                 parts.append((g, c))
         else:
             points = ENCODE_POINTS_CUDA if self.device.type == "cuda" else ENCODE_POINTS
@@ -421,9 +438,11 @@ class GridModel(Model):
         return grids, np.concatenate([p[1] for p in parts])
 
     def synthesize_grids(self, grids: Sequence[np.ndarray], shape: tuple[int, int],
-                         coeffs: np.ndarray | None = None, predictor_coeffs: np.ndarray | None = None) -> np.ndarray:
+                         coeffs: np.ndarray | None = None, predictor_coeffs: np.ndarray | None = None,
+                         row_values: np.ndarray | None = None) -> np.ndarray:
         """``L`` int grids ``(B, h_l, w_l)`` (and with a basis, its coefficients ``(B, k)``;
-        with ``predict_previous``, the predictor's coefficients ``(B,)``, the first ignored)
+        with ``predict_previous``, the predictor's coefficients ``(B,)``, the first ignored;
+        with stored constant rows, their normalised values ``(B, R)``)
         -> fields ``(B, H, W)`` in original units (float64). With ``predict_previous`` the
         fields are synthesised one after the other (:meth:`_synthesize_item`)."""
         with torch.inference_mode():
@@ -437,26 +456,58 @@ class GridModel(Model):
                     pred = self.previous_predictor(outs[-1]) if outs else None
                     outs.append(self._synthesize_item([z[i : i + 1] for z in zs], shape,
                                                       None if cs is None else cs[i : i + 1],
-                                                      float(predictor_coeffs[i]), pred))
+                                                      float(predictor_coeffs[i]), pred,
+                                                      None if row_values is None else row_values[i : i + 1]))
                 out = torch.cat(outs).float().cpu().numpy()
             else:
                 c = None if coeffs is None else torch.from_numpy(np.asarray(coeffs, np.float32)).to(self.device)
-                out = self.network(zs, self._climatology(), shape, c).float().cpu().numpy()
+                out = self._set_rows(self.network(zs, self._climatology(), shape, c), row_values).float().cpu().numpy()
         return out.astype(np.float64) * float(self.std[0]) + self.mean.astype(np.float64)
 
     def _synthesize_item(self, zs: Sequence[torch.Tensor], shape: tuple[int, int], coeffs: np.ndarray | None,
-                         predictor_coeff: float, predictor: torch.Tensor | None) -> torch.Tensor:
+                         predictor_coeff: float, predictor: torch.Tensor | None,
+                         row_values: np.ndarray | None = None) -> torch.Tensor:
         """One field's decoded output ``(1, H, W)`` (normalised) from its latents ``L x (1, h_l,
         w_l)``, basis coefficients ``(1, k)`` as stored, and — after the chunk's first field —
         ``predictor_coeff`` times ``predictor`` (:meth:`previous_predictor` of the previous
-        field's output). The encoder and the decoder both call this (and that), so they see
-        the same fields."""
+        field's output); ``row_values (1, R)`` the stored constant rows. The encoder and the
+        decoder both call this (and that), so they see the same fields."""
         with torch.no_grad():
             c = None if coeffs is None else torch.from_numpy(np.asarray(coeffs, np.float32)).to(self.device)
             out: torch.Tensor = self.network(list(zs), self._climatology(), shape, c)
             if predictor is not None:
                 out = out + predictor_coeff * predictor
+        return self._set_rows(out, row_values)
+
+    def _set_rows(self, out: torch.Tensor, row_values: np.ndarray | None) -> torch.Tensor:
+        """Normalised fields ``out (B, H, W)`` with the model's constant rows set to
+        ``row_values (B, R)`` (unchanged for None)."""
+        if row_values is None:
+            return out
+        out = out.clone()
+        v = torch.from_numpy(np.asarray(row_values, np.float32)).to(out.device, out.dtype)
+        out[:, list(self.config.constant_rows), :] = v[:, :, None]
         return out
+
+    def constant_row_values(self, x: np.ndarray, finite: np.ndarray) -> np.ndarray | None:
+        """Fields ``x (B, H, W)`` (original units) -> the normalised values ``(B, R)`` of the
+        model's constant rows as section ``O`` stores them (float16), or None when the model has
+        none or some field is not constant along one of them (then the network codes them).
+        A row with no finite value stores 0 (the mask hides it)."""
+        rows = self.config.constant_rows
+        if not rows:
+            return None
+        out = np.zeros((x.shape[0], len(rows)), np.float64)
+        for j, r in enumerate(rows):
+            for i in range(x.shape[0]):
+                v = x[i, r][finite[i, r]]
+                if v.size and (v != v[0]).any():
+                    return None
+                if v.size:
+                    out[i, j] = (v[0] - float(self.mean[r, 0])) / float(self.std[0])
+        if not np.isfinite(out.astype(np.float16)).all():  # beyond float16: let the network code them
+            return None
+        return _half(out)
 
     def previous_predictor(self, prev: torch.Tensor) -> torch.Tensor:
         """Decoded normalised fields ``prev (B, H, W)`` -> the next fields' predictor fields
@@ -546,7 +597,12 @@ class GridModel(Model):
         """Fields ``x (B, H, W)`` -> the ``G`` section (``P``, ``Q`` with a basis, a predictor)
         and the residual layers asked for: ``S`` (SPERR at ``residual_bpv``), then ``R`` (bound)."""
         hw = (x.shape[1], x.shape[2])
-        grids, coeffs = self.fit_fields_coeffs(self._normalise(x), finite, steps, rate_weight)
+        rows = self.constant_row_values(x, finite)
+        fit_valid = finite
+        if rows is not None:
+            fit_valid = finite.copy()
+            fit_valid[:, list(self.config.constant_rows), :] = False
+        grids, coeffs = self.fit_fields_coeffs(self._normalise(x), fit_valid, steps, rate_weight, rows)
         cp = None
         if self.config.predict_previous:
             coeffs, cp = coeffs[:, :-1], coeffs[:, -1]
@@ -556,9 +612,11 @@ class GridModel(Model):
         if cp is not None and x.shape[0] > 1:
             cp = _half(cp)
             out["Q"] = cp[1:].astype("<f2").tobytes()
+        if rows is not None:
+            out["O"] = rows.astype("<f2").tobytes()
         if max_abs_error is None and residual_bpv is None:
             return out
-        pred = self.synthesize_grids(grids, hw, coeffs, cp)  # (B, 0) without a basis: ignored
+        pred = self.synthesize_grids(grids, hw, coeffs, cp, rows)  # (B, 0) without a basis: ignored
         if residual_bpv is not None:
             out["S"] = encode_sperr_residual(np.where(finite, x - pred, 0.0), residual_bpv)
         if max_abs_error is not None:
@@ -600,7 +658,8 @@ class GridModel(Model):
             items = self.decompress_grids(p.chunk.sections["G"], p.items, self.config.level_shapes(hw))
             grids = [np.stack([it[lv] for it in items]) for lv in range(self.config.levels)]
             values = self.synthesize_grids(grids, hw, self._coefficients(p.chunk.sections, p.items),
-                                           self._predictor_coefficients(p.chunk.sections, p.items))
+                                           self._predictor_coefficients(p.chunk.sections, p.items),
+                                           self._row_values(p.chunk.sections, p.items))
             if "S" in p.chunk.sections:
                 values = values + decode_sperr_residual(bytes(p.chunk.sections["S"]), (p.items, *hw))
             out.append(p.finish(values[..., None]))
@@ -652,6 +711,23 @@ class GridModel(Model):
             raise BitstreamError("chunk's predictor coefficients are not finite")
         return np.concatenate([np.zeros(1, np.float32), c])
 
+    def _row_values(self, sections: dict[str, bytes], items: int) -> np.ndarray | None:
+        """The ``O`` section -> the constant rows' normalised values ``(items, R)`` (None when
+        the chunk has none: its rows were synthesised)."""
+        if "O" not in sections:
+            return None
+        rows = self.config.constant_rows
+        if not rows:
+            raise BitstreamError("chunk holds constant-row values (section O) but the model has no constant rows")
+        payload = bytes(sections["O"])
+        if len(payload) != 2 * items * len(rows):
+            raise BitstreamError(f"chunk's constant-row values: need {2 * items * len(rows)} bytes (section O) for "
+                                 f"{items} fields x {len(rows)} rows, got {len(payload)}")
+        v = np.frombuffer(payload, "<f2").astype(np.float32).reshape(items, len(rows))
+        if not np.isfinite(v).all():
+            raise BitstreamError("chunk's constant-row values are not finite")
+        return v
+
     def _parse(self, data: bytes | bytearray | memoryview) -> _Parsed:
         chunk = self._unpack_own(data)
         try:
@@ -666,6 +742,25 @@ class GridModel(Model):
         if "L" in chunk.sections:
             raise BitstreamError("chunk holds patch latents (section L), not latent grids")
         return _Parsed(chunk, None, b, full, invalid)  # type: ignore[arg-type]
+
+
+def detect_constant_rows(data: np.ndarray) -> tuple[int, ...]:
+    """Rows of fields ``data (..., H, W)`` that are constant (among their finite values) in
+    every field and finite somewhere — the poles of a latitude–longitude grid that includes
+    them — for :meth:`GridModel.with_constant_rows`."""
+    x = np.asarray(data, np.float64).reshape(-1, *np.shape(data)[-2:])
+    rows = []
+    for r in range(x.shape[1]):
+        v = x[:, r, :]
+        ok = np.isfinite(v)
+        if not ok.any():
+            continue
+        lo = np.where(ok, v, np.inf).min(axis=1)
+        hi = np.where(ok, v, -np.inf).max(axis=1)
+        has = ok.any(axis=1)
+        if np.all(lo[has] == hi[has]):
+            rows.append(r)
+    return tuple(rows)
 
 
 # ------------------------------------------------------------------------------ training

@@ -106,6 +106,12 @@ class GridConfig:
       that has the item context a chunk's items are encoded one after the other, each
       knowing its predecessor's latents (on a time-chunked t2m archive +0.24 dB at the same
       ratio, session 20).
+    * ``constant_rows``: rows of the field that hold one value per field — the poles of a
+      latitude–longitude grid that includes them (ERA5's first and last rows). A chunk whose
+      fields are constant along those rows stores each such row's value (normalised,
+      float16, chunk section ``O``); the encoder leaves those rows out of its loss and every
+      decoded field carries the stored values there. A chunk whose rows are not constant is
+      coded as without (no section ``O``). Needs ``field_shape``.
     """
 
     factors: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
@@ -125,6 +131,7 @@ class GridConfig:
     basis: int = 0
     encode_rate: Literal["tables", "arm"] = "tables"
     predict_previous: bool = False
+    constant_rows: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         f = self.factors
@@ -145,6 +152,12 @@ class GridConfig:
         if self.upsample not in ("bicubic", "bilinear"):
             raise ValueError(f"upsample must be 'bicubic' or 'bilinear', got {self.upsample!r}")
         check_rate_weight(self.rate_weight)
+        rows = self.constant_rows
+        if not isinstance(rows, tuple) or any(isinstance(r, bool) or not isinstance(r, int) for r in rows) \
+                or list(rows) != sorted(set(rows)) or (rows and rows[0] < 0):
+            raise ValueError(f"constant_rows must be a tuple of increasing row indices >= 0, got {rows!r}")
+        if rows and (self.field_shape is None or rows[-1] >= self.field_shape[0]):
+            raise ValueError(f"constant_rows {rows} need a field_shape with more rows, got {self.field_shape}")
         if not (math.isfinite(self.encode_lr) and self.encode_lr > 0):
             raise ValueError(f"encode_lr must be a finite number > 0, got {self.encode_lr}")
         if not 0 < self.encode_noise_fraction <= 1:
@@ -173,6 +186,8 @@ class GridConfig:
         d["factors"] = tuple(d["factors"])
         if d.get("field_shape") is not None:
             d["field_shape"] = tuple(d["field_shape"])
+        if "constant_rows" in d:
+            d["constant_rows"] = tuple(d["constant_rows"])
         for key, implied in _IMPLIED.items():
             d.setdefault(key, implied)
         return cls(**d)
@@ -181,7 +196,7 @@ class GridConfig:
 #: Config fields newer than the first grid model files, and the value a file without them means.
 _IMPLIED: dict[str, Any] = {"refine_channels": 0, "contexts": "row", "encode_noise_fraction": 0.5,
                             "analysis_channels": 0, "basis": 0, "encode_rate": "tables",
-                            "predict_previous": False}
+                            "predict_previous": False, "constant_rows": ()}
 
 
 # ------------------------------------------------------------------------------ contexts

@@ -387,3 +387,23 @@ def test_grid_chunk_coded_with_the_arm() -> None:
     np.testing.assert_array_equal(np.concatenate([z.ravel() for it in items for z in it]), expected)
     assert m.compress_grids(items) == g
     np.testing.assert_allclose(m.decode(blob), np.load(FIXTURES / "golden_grid_arm_fields.npy"), rtol=0, atol=2e-3)
+
+
+def test_grid_chunk_with_a_stored_pole_row() -> None:
+    """A tiny model trained on a crop holding the north pole, with that row stored
+    (``constant_rows``; ``make_golden_grid.py poles``): the chunk of two fields holds section
+    ``O`` (the pole's normalised value per field, float16), decodes to the stored array, and
+    every decoded field is constant along the pole row, at the field's own pole value."""
+    m = Model.load(str(FIXTURES / "golden_grid_poles_model.coinpp"),
+                   sha256="3194646d623ddfa956586c8da3a6ce0e16c48cc9a929badfa59287cdc7219086")
+    assert isinstance(m, GridModel) and m.config.constant_rows == (0,)
+    blob = (FIXTURES / "golden_grid_poles_fields.bin").read_bytes()
+    chunk = unpack(blob)
+    assert (chunk.version, chunk.shape, set(chunk.sections)) == (2, (2, 32, 48), {"G", "O"})
+    assert np.frombuffer(chunk.sections["O"], "<f2").tolist() == [-2.2890625, -2.173828125]
+    out = m.decode(blob)
+    np.testing.assert_allclose(out, np.load(FIXTURES / "golden_grid_poles_fields.npy"), rtol=0, atol=2e-3)
+    assert np.ptp(out[:, 0], axis=1).max() == 0
+    truth = era5("t2m", 3)[:2, 0, 100]  # the fields' pole values (the crop's columns 100..147)
+    np.testing.assert_allclose(out[:, 0, 0], truth, rtol=0, atol=0.02)
+    assert pack(dataclasses.replace(chunk, model_id=m.model_id)) == blob

@@ -24,6 +24,7 @@ from coinpp_pipeline.errors import BitstreamError, ModelMismatchError
 from coinpp_pipeline.grid_model import (
     GridModel,
     GridTrainConfig,
+    detect_constant_rows,
     fit_analysis,
     fit_coders,
     fit_coefficient_coder,
@@ -975,3 +976,61 @@ def test_previous_field_predictor(bmodel: GridModel, gmodel: GridModel, train_da
     assert fitted.config.predict_previous and len(fitted.table_sets) == 1
     with pytest.raises(ValueError, match="predict_previous must be a bool"):
         GridConfig(predict_previous=1)  # type: ignore[arg-type]
+
+
+def test_constant_rows_store_the_poles(bmodel: GridModel, gmodel: GridModel, train_data: np.ndarray,
+                                       held_out: np.ndarray) -> None:
+    """``constant_rows``: the poles of the ERA5 grid (rows 0 and 45 of the test grid) are one
+    value per field; a chunk constant there stores those values (section O, float16) and
+    every decoded field carries them; a chunk that is not is coded as before."""
+    rows = detect_constant_rows(train_data)
+    assert rows == (0, held_out.shape[1] - 1)
+    cm = gmodel.with_constant_rows(rows)
+    assert cm.config.constant_rows == rows and cm.model_id != gmodel.model_id
+    assert "constant_rows" not in gmodel.config.to_dict()  # older files re-serialise unchanged
+    again = Model.from_bytes(cm.to_bytes(), sha256=cm.sha256)
+    assert isinstance(again, GridModel) and again.config.constant_rows == rows
+    blob = cm.encode(held_out, rate_weight=0.3)
+    chunk = unpack(blob)
+    assert len(chunk.sections["O"]) == 2 * len(held_out) * len(rows)
+    out, plain = again.decode(blob), gmodel.decode(gmodel.encode(held_out, rate_weight=0.3))
+    pole = np.abs(out[:, list(rows)] - held_out[:, list(rows)])
+    assert pole.max() < 0.02  # float16 of the normalised value: hundredths of a kelvin
+    assert np.ptp(out[:, list(rows)], axis=2).max() == 0  # one value per pole
+    assert pole.max() < 0.1 * np.abs(plain[:, list(rows)] - held_out[:, list(rows)]).max()
+    assert psnr(held_out, out) > 25
+    # error bounds hold; NaN in a pole row stays NaN, the row's other values are stored
+    for bound in (0.2, 0.02):
+        assert np.abs(again.decode(cm.encode(held_out, max_abs_error=bound)) - held_out).max() <= bound
+    holes = held_out.copy()
+    holes[0, 0, :10] = np.nan
+    back = again.decode(cm.encode(holes, rate_weight=0.3))
+    assert np.isnan(back[0, 0, :10]).all() and np.abs(back[0, 0, 10:] - held_out[0, 0, 10:]).max() < 0.02
+    # a chunk whose pole row varies is coded by the network, without section O, and comes back
+    varied = held_out.copy()
+    varied[1, -1, 7] += 3.0
+    vb = cm.encode(varied, rate_weight=0.3)
+    assert "O" not in unpack(vb).sections and psnr(varied, again.decode(vb)) > 25
+    # with the previous-field predictor: encoder and decoder see the same stored rows
+    pm = bmodel.with_previous_predictor().with_constant_rows(rows)
+    seq = fields(range(5, 7))[:4]
+    pb = pm.encode(seq, rate_weight=0.3)
+    assert {"O", "Q", "P"} <= set(unpack(pb).sections)
+    assert np.abs(pm.decode(pb)[:, list(rows)] - seq[:, list(rows)]).max() < 0.02
+    assert np.abs(pm.decode(pm.encode(seq, max_abs_error=0.05)) - seq).max() <= 0.05
+
+    def repack(sections: dict[str, bytes], model: GridModel = cm) -> bytes:
+        return pack(dataclasses.replace(chunk, sections=sections, model_id=model.model_id))
+
+    for sections, msg in [({**chunk.sections, "O": b"\x00" * 6}, "need 8 bytes"),
+                          ({**chunk.sections, "O": np.array([np.nan, 0, 0, 0], "<f2").tobytes()}, "not finite")]:
+        with pytest.raises(BitstreamError, match=msg):
+            again.decode(repack(sections))
+    with pytest.raises(BitstreamError, match="no constant rows"):
+        gmodel.decode(repack(chunk.sections, gmodel))
+    # configuration checks
+    for bad in [(45, 0), (-1,), (0, 0), (0, 46), [0]]:
+        with pytest.raises(ValueError, match="constant_rows"):
+            dataclasses.replace(cm.config, constant_rows=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mean field is not constant"):
+        gmodel.with_constant_rows((1,))
