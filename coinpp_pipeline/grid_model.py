@@ -494,17 +494,14 @@ class GridModel(Model):
         model's constant rows as section ``O`` stores them (float16), or None when the model has
         none or some field is not constant along one of them (then the network codes them).
         A row with no finite value stores 0 (the mask hides it)."""
-        rows = self.config.constant_rows
+        rows = list(self.config.constant_rows)
         if not rows:
             return None
-        out = np.zeros((x.shape[0], len(rows)), np.float64)
-        for j, r in enumerate(rows):
-            for i in range(x.shape[0]):
-                v = x[i, r][finite[i, r]]
-                if v.size and (v != v[0]).any():
-                    return None
-                if v.size:
-                    out[i, j] = (v[0] - float(self.mean[r, 0])) / float(self.std[0])
+        constant, value = _rows_constant(x[:, rows], finite[:, rows])
+        if not constant.all():
+            return None
+        mean = np.asarray([float(self.mean[r, 0]) for r in rows])
+        out = np.nan_to_num((value - mean) / float(self.std[0]), nan=0.0)  # no finite value: 0
         if not np.isfinite(out.astype(np.float16)).all():  # beyond float16: let the network code them
             return None
         return _half(out)
@@ -744,23 +741,23 @@ class GridModel(Model):
         return _Parsed(chunk, None, b, full, invalid)  # type: ignore[arg-type]
 
 
+def _rows_constant(x: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fields ``x (B, H, W)`` and their finite mask -> ``(constant, value)`` ``(B, H)``: whether
+    each field's row is constant among its finite values (vacuously true without any), and its
+    largest finite value (NaN without any) — the row's value where it is constant."""
+    lo = np.where(finite, x, np.inf).min(axis=2)
+    hi = np.where(finite, x, -np.inf).max(axis=2)
+    has = finite.any(axis=2)
+    return (lo == hi) | ~has, np.where(has, hi, np.nan)
+
+
 def detect_constant_rows(data: np.ndarray) -> tuple[int, ...]:
     """Rows of fields ``data (..., H, W)`` that are constant (among their finite values) in
     every field and finite somewhere — the poles of a latitude–longitude grid that includes
     them — for :meth:`GridModel.with_constant_rows`."""
     x = np.asarray(data, np.float64).reshape(-1, *np.shape(data)[-2:])
-    rows = []
-    for r in range(x.shape[1]):
-        v = x[:, r, :]
-        ok = np.isfinite(v)
-        if not ok.any():
-            continue
-        lo = np.where(ok, v, np.inf).min(axis=1)
-        hi = np.where(ok, v, -np.inf).max(axis=1)
-        has = ok.any(axis=1)
-        if np.all(lo[has] == hi[has]):
-            rows.append(r)
-    return tuple(rows)
+    constant, value = _rows_constant(x, np.isfinite(x))
+    return tuple(int(r) for r in np.flatnonzero(constant.all(axis=0) & np.isfinite(value).any(axis=0)))
 
 
 # ------------------------------------------------------------------------------ training
