@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--grid-analysis-steps", type=int, default=100,
                     help="analysis-network fitting steps timed (then encode with its guess alone, steps=0)")
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--grid-model", default=None, help="a trained t2m latent-grid model file to time")
+    ap.add_argument("--grid-model", default=None, help="a trained ERA5 latent-grid model file to time")
+    ap.add_argument("--variable", default="t2m", choices=["t2m", "msl", "u10", "v10"],
+                    help="the ERA5 variable the --grid-model was trained on (the base rows use t2m)")
     ap.add_argument("--rate-weights", type=float, nargs="+", default=[1.0, 3.0])
     ap.add_argument("--model-train-steps", type=int, default=100,
                     help="training steps timed in the --grid-model's configuration")
@@ -80,11 +82,15 @@ def main(argv: list[str] | None = None) -> dict:
     device = pick_device(args.device)
     files = list_sources(str(SAMPLE_ERA5))
     train, test = load_variable(files[:5], "t2m"), load_variable(files[5:], "t2m")
+    if args.variable != "t2m" and (args.grid_model or args.check_blobs):
+        vtrain, vtest = load_variable(files[:5], args.variable), load_variable(files[5:], args.variable)
+    else:
+        vtrain, vtest = train, test
     if args.check_blobs:
-        return check_blobs(args, test)
+        return check_blobs(args, vtest)
     rows = [] if args.skip_base else base_rows(args, device, train, test)
     if args.grid_model:
-        rows += model_rows(args, device, train, test)
+        rows += model_rows(args, device, vtrain, vtest)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; model {args.depth}x{args.width}, 16x16 patches, t2m (7, 181, 360) held-out")
     for r in rows:
@@ -139,8 +145,8 @@ def model_rows(args: argparse.Namespace, device: torch.device, train: np.ndarray
                              f"({ratio:.1f}x, {psnr(test, dec):.2f} dB)", "value": mb / s, "unit": "MB/s"})
         rows.append({"what": f"model: decode, lambda {lam:g}", "value": mb / sd, "unit": "MB/s"})
         print(rows[-2], rows[-1], flush=True)
-        (out / f"t2m_lam{lam:g}.chunk").write_bytes(blob)
-        np.save(out / f"t2m_lam{lam:g}_decoded.npy", dec.astype(np.float32))
+        (out / f"{args.variable}_lam{lam:g}.chunk").write_bytes(blob)
+        np.save(out / f"{args.variable}_lam{lam:g}_decoded.npy", dec.astype(np.float32))
     tiled = np.concatenate([test] * args.tile)
     _, s = _timed(device, gm.encode, tiled, rate_weight=args.rate_weights[0], steps=steps)
     rows.append({"what": f"model: encode {len(tiled)} fields (7 tiled {args.tile}x), {steps} steps",
@@ -154,7 +160,7 @@ def check_blobs(args: argparse.Namespace, test: np.ndarray) -> dict:
     compare with the fields that machine decoded."""
     gm = load_grid_model(args.grid_model).to(args.device or "cpu")
     result = {}
-    for chunk in sorted(Path(args.check_blobs).glob("t2m_lam*.chunk")):
+    for chunk in sorted(Path(args.check_blobs).glob(f"{args.variable}_lam*.chunk")):
         dec = gm.decode(chunk.read_bytes())
         theirs = np.load(chunk.with_name(chunk.stem + "_decoded.npy")).astype(np.float64)
         diff = float(np.abs(dec - theirs).max())

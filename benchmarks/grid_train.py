@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> str:
         base = GridModel.load(args.from_model)
         if not isinstance(base, GridModel):
             ap.error(f"--from-model {args.from_model} is not a grid model")
+        base.to(args.device)  # cuda when present (fine-tuning and coder fits run there), else the CPU
         model = base.with_encoding(**encoding)
         if args.analysis_steps or args.table_sets or args.basis or args.coeff_coder or args.basis_finetune_steps:
             train = _train_fields(args.dataset)
