@@ -22,12 +22,13 @@ mkdir -p "$out"
 log="$out/chain_$var.log"
 : > "$log"
 
+elapsed() { $py -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$EPOCHREALTIME"; }
+
 step() {  # step NAME ARGS... : run grid_train.py, print its time, echo the model path it saved
     local name=$1; shift
     local t0=$EPOCHREALTIME
     $py benchmarks/grid_train.py --dataset "era5:$var" --out "$out" "$@" >> "$log" 2>&1
-    awk -v a="$t0" -v b="$EPOCHREALTIME" -v n="$name" -v m="$(tail -1 "$log")" \
-        'BEGIN { printf "%-10s %8.1f s  %s\n", n, b - a, m }' | tee -a "$out/chain_$var.times" >&2
+    echo "$name $(elapsed "$t0") s  $(tail -1 "$log")" | tee -a "$out/chain_$var.times" >&2
     tail -1 "$log"
 }
 
@@ -42,5 +43,5 @@ m=$(step finetune --from-model "$m" --basis-finetune-steps "$steps" --lr 1e-3 --
 m=$(step coders --from-model "$m" --table-sets $coder_weights --cross-fit-gaps 6 --arm --arm-chunk-items 7 \
     --arm-steps "$arm_steps")
 m=$(step final --from-model "$m" --encode-rate arm --predict-previous --constant-rows)
-awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "chain %.1f s\n", b - a }' | tee -a "$out/chain_$var.times" >&2
+echo "chain $(elapsed "$start") s" | tee -a "$out/chain_$var.times" >&2
 echo "$m"
