@@ -293,18 +293,19 @@ class GridModel(Model):
         """The grids of :meth:`fit_grids_coeffs` (without the basis coefficients)."""
         return self.fit_grids_coeffs(normed, valid, steps, rate_weight)[0]
 
-    def basis_coefficients(self, x: torch.Tensor) -> torch.Tensor:
+    def basis_coefficients(self, x: torch.Tensor, bases: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised fields ``x (B, H, W)`` (0 at missing points) -> their projection on the
-        model's basis ``(B, k)`` (the basis is orthogonal with unit RMS per point); ``(B, 0)``
-        without one."""
+        model's basis ``(B, k)`` (the basis is orthogonal with unit RMS per point), or on
+        per-item ``bases (B, k, H, W)``; ``(B, 0)`` without one."""
         basis: torch.Tensor | None = self.network.basis  # type: ignore[assignment]
         if basis is None:
             return torch.zeros((x.shape[0], 0), device=x.device)
-        return project_on_basis(x, basis)
+        return project_on_basis(x, basis if bases is None else bases)
 
     def fit_grids_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float,
                          prev: Sequence[np.ndarray] | None = None,
-                         predictor: torch.Tensor | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+                         predictor: torch.Tensor | None = None,
+                         bases: torch.Tensor | None = None) -> tuple[list[np.ndarray], np.ndarray]:
         """Encode normalised fields ``(B, H, W)`` (invalid points ignored) -> ``L`` int64
         grids ``(B, h_l, w_l)`` in ``[-K, K]`` and the basis coefficients ``(B, k)`` (float32,
         before their quantization for the chunk, :meth:`_coefficient_section`; ``k = 0``
@@ -322,7 +323,8 @@ class GridModel(Model):
         items in the chunk (None: they begin it). ``predictor (B, H, W)``
         (:meth:`previous_predictor`, models with ``predict_previous``): one more field per item
         whose coefficient is fitted with the basis coefficients (returned as their last
-        column, ``(B, k + 1)``; it starts at the field's projection on it). Deterministic
+        column, ``(B, k + 1)``; it starts at the field's projection on it). ``bases (B, k, H,
+        W)``: one basis per field instead of the model's (cross-fitting). Deterministic
         (seeded) for a given machine and input."""
         shape = (normed.shape[1], normed.shape[2])
         k = self.config.max_symbol
@@ -330,7 +332,7 @@ class GridModel(Model):
         m = torch.from_numpy(valid.astype(np.float32)).to(self.device)
         gen = torch.Generator(device=self.device).manual_seed(0)
         clim = self._climatology()
-        coeffs = self.basis_coefficients(x)
+        coeffs = self.basis_coefficients(x, bases)
         if predictor is not None:
             coeffs = torch.cat([coeffs, (x * predictor).flatten(1).mean(1, keepdim=True)], 1)
         coeffs.requires_grad_(True)
@@ -349,7 +351,7 @@ class GridModel(Model):
                     else:
                         tau = sga_temperature(step - n_noise, steps - n_noise)
                         zq = [soft_round_sga(z, tau, gen) for z in zs]
-                    rec = self.network(zq, clim, shape, coeffs[:, :k_basis])
+                    rec = self.network(zq, clim, shape, coeffs[:, :k_basis], bases)
                     if predictor is not None:
                         rec = rec + coeffs[:, k_basis, None, None] * predictor
                     mse = masked_mse(rec, x, m)
@@ -1049,7 +1051,10 @@ BASIS_FIELDS = 2048
 
 def project_on_basis(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Fields ``x (B, H, W)`` -> coefficients ``(B, k)`` on an orthogonal ``basis (k, H, W)``
-    of unit RMS per point (:func:`principal_components`)."""
+    of unit RMS per point (:func:`principal_components`), or on one such basis per field,
+    ``(B, k, H, W)``."""
+    if basis.dim() == 4:
+        return torch.einsum("bhw,bkhw->bk", x, basis) / (x.shape[1] * x.shape[2])
     return torch.einsum("bhw,khw->bk", x, basis) / (x.shape[1] * x.shape[2])
 
 
@@ -1158,7 +1163,7 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
     t0 = time.perf_counter()
     # the training fields are encoded one by one (each its own chunk): without the predictor
     enc = model.with_previous_predictor(False) if model.config.predict_previous else model
-    folds = [(m, f) for g in gaps for m, f in _cross_fitted(enc, normed, valid, gap=g)]
+    n_folds = _n_folds(x.shape[0]) if model.config.basis else 1
     n_items = x.shape[0] * len(gaps)
     for lam in lams:
         if latents is not None and lam in latents:
@@ -1167,8 +1172,7 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
                 raise ValueError(f"latents cache for rate weight {lam} holds {grids[0].shape[0]} items, expected "
                                  f"{n_items} ({x.shape[0]} fields x {len(gaps)} cross-fit gaps)")
         else:
-            grids = [np.concatenate(g) for g in zip(*(m.fit_fields(normed[f], valid[f], n_steps, lam)
-                                                      for m, f in folds), strict=True)]
+            grids = _encode_cross_fitted(enc, normed, valid, n_steps, lam, gaps)
             if latents is not None:
                 latents[lam] = grids
         items = [[g[i] for g in grids] for i in range(n_items)]
@@ -1178,8 +1182,8 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
         if log is not None:
             log({"rate_weight": lam, "fields": x.shape[0], "time_s": time.perf_counter() - t0})
     source: dict[str, Any] = {"encoder_steps": n_steps, "fields": int(x.shape[0]), "seconds": time.perf_counter() - t0}
-    if len(folds) > 1:
-        source["basis_folds"] = len(folds) // len(gaps)
+    if n_folds > 1:
+        source["basis_folds"] = n_folds
     if gaps != [0]:
         source["basis_gaps"] = gaps
     report = dict(model.report)
@@ -1205,6 +1209,11 @@ def fit_coders(model: GridModel, data: np.ndarray, rate_weights: Sequence[float]
 #: this many folds).
 CROSS_FIT_FIELDS = 32
 CROSS_FIT_FOLDS = 8
+
+
+def _n_folds(n: int) -> int:
+    """Folds of ``n`` training fields in cross-fitting (:func:`_fold_bases`)."""
+    return n if n <= CROSS_FIT_FIELDS else CROSS_FIT_FOLDS
 
 
 def _gap_list(gaps: Sequence[int]) -> list[int]:
@@ -1234,6 +1243,31 @@ def _cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray,
     return out
 
 
+def _encode_cross_fitted(model: GridModel, normed: np.ndarray, valid: np.ndarray, steps: int,
+                         rate_weight: float, gaps: Sequence[int]) -> list[np.ndarray]:
+    """The training fields ``normed (N, H, W)`` encoded for fitting coders -> ``L`` grids
+    ``(N * len(gaps), h_l, w_l)``, gap after gap: with a basis, each field with the basis of
+    its fold (:func:`_fold_bases`, per gap); the fields of different folds share a batch
+    (per-item bases, :meth:`GridModel.fit_grids_coeffs`), so a GPU encodes them together
+    instead of one fold (often one field) at a time. A model whose encoder rate has the item
+    context encodes fold by fold (:func:`_cross_fitted`, each fold a chunk in order)."""
+    if not model.config.basis:
+        return model.fit_fields(normed, valid, steps, rate_weight)
+    if model.config.encode_rate == "arm" and model.arm is not None and model.arm.item_context:
+        models = [(m, f) for g in gaps for m, f in _cross_fitted(model, normed, valid, gap=g)]
+        return [np.concatenate(g) for g in zip(*(m.fit_fields(normed[f], valid[f], steps, rate_weight)
+                                                 for m, f in models), strict=True)]
+    folds = [fb for g in gaps for fb in _fold_bases(normed, valid, model.config.basis, g)]
+    field = np.concatenate([np.arange(f.start, f.stop) for _, f in folds])
+    fold = np.concatenate([np.full(f.stop - f.start, i) for i, (_, f) in enumerate(folds)])
+    bases = torch.from_numpy(np.stack([b for b, _ in folds])).to(model.device)  # (F, k, H, W)
+    points = ENCODE_POINTS_CUDA if model.device.type == "cuda" else ENCODE_POINTS
+    parts = [model.fit_grids_coeffs(normed[field[b]], valid[field[b]], steps, rate_weight,
+                                    bases=bases[torch.from_numpy(fold[b]).to(model.device)])[0]
+             for b in encode_batches(len(field), (normed.shape[1], normed.shape[2]), points)]
+    return [np.concatenate([p[lv] for p in parts]) for lv in range(model.config.levels)]
+
+
 def _fold_bases(normed: np.ndarray, valid: np.ndarray, k: int, gap: int = 0) -> list[tuple[np.ndarray, slice]]:
     """``(basis (k, H, W) float32, fields)`` per fold of the training fields ``normed (N, H, W)``
     (contiguous slices covering ``0 .. N`` in order): leave-one-out up to
@@ -1241,9 +1275,8 @@ def _fold_bases(normed: np.ndarray, valid: np.ndarray, k: int, gap: int = 0) -> 
     without the fold and ``gap`` more fields on either side of it. Components beyond what the
     remaining fields span (their number minus one) are zero."""
     n = normed.shape[0]
-    n_folds = n if n <= CROSS_FIT_FIELDS else CROSS_FIT_FOLDS
     out = []
-    for fold in np.array_split(np.arange(n), n_folds):
+    for fold in np.array_split(np.arange(n), _n_folds(n)):
         part = slice(int(fold[0]), int(fold[-1]) + 1)
         rest = np.r_[0 : max(part.start - gap, 0), min(part.stop + gap, n) : n]
         if len(rest) < 2:

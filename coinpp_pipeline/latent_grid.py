@@ -388,9 +388,11 @@ class GridSynthesis(nn.Module):
             self.basis = None
 
     def forward(self, latents: Sequence[torch.Tensor], clim: torch.Tensor | None,
-                shape: tuple[int, int], coeffs: torch.Tensor | None = None) -> torch.Tensor:
+                shape: tuple[int, int], coeffs: torch.Tensor | None = None,
+                bases: torch.Tensor | None = None) -> torch.Tensor:
         """``latents[l] (B, h_l, w_l)``, ``clim (1, 1, H, W)`` or None, with a basis its
-        coefficients ``coeffs (B, k)`` -> ``(B, H, W)``.
+        coefficients ``coeffs (B, k)`` -> ``(B, H, W)``. ``bases (B, k, H, W)``: one basis
+        per item instead of the model's (cross-fitting, ``grid_model._encode_cross_fitted``).
 
         Each level is upsampled (:func:`upsample_matrices`: two matrix products, the same
         linear map as ``F.interpolate`` with ``align_corners=False``; ``F.interpolate``
@@ -423,10 +425,15 @@ class GridSynthesis(nn.Module):
             out = out + self.refine(out)
         if self.basis is None:
             return out[:, 0]
-        if coeffs is None or coeffs.shape != (out.shape[0], self.basis.shape[0]):
-            raise ValueError(f"this synthesis adds {self.basis.shape[0]} basis fields: needs coefficients "
-                             f"({out.shape[0]}, {self.basis.shape[0]}), got {None if coeffs is None else tuple(coeffs.shape)}")
-        return out[:, 0] + torch.einsum("bk,khw->bhw", coeffs, self.basis)
+        k = self.basis.shape[0]
+        if coeffs is None or coeffs.shape != (out.shape[0], k):
+            raise ValueError(f"this synthesis adds {k} basis fields: needs coefficients "
+                             f"({out.shape[0]}, {k}), got {None if coeffs is None else tuple(coeffs.shape)}")
+        if bases is None:
+            return out[:, 0] + torch.einsum("bk,khw->bhw", coeffs, self.basis)
+        if bases.shape != (out.shape[0], *self.basis.shape):
+            raise ValueError(f"per-item bases must be {(out.shape[0], *self.basis.shape)}, got {tuple(bases.shape)}")
+        return out[:, 0] + torch.einsum("bk,bkhw->bhw", coeffs, bases)
 
     def rate_bits(self, noisy: Sequence[torch.Tensor], rounded: Sequence[torch.Tensor]) -> torch.Tensor:
         """Differentiable bits ``(B,)`` of noisy latents under a Laplace whose scale (and,

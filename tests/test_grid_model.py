@@ -859,6 +859,44 @@ def test_coders_of_a_basis_model_are_fitted_on_cross_fitted_latents(gmodel: Grid
         fit_coders(gmodel, six, [0.3], steps=5, cross_fit_gaps=[1])
 
 
+def test_cross_fitted_fields_share_batches(gmodel: GridModel, train_data: np.ndarray,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit_coders encodes the training fields of all folds in shared batches, each with its
+    fold's basis (per-item bases; on a GPU the folds then run at once, not one field after
+    another): one field per batch, that is exactly each field encoded by its fold's model."""
+    from coinpp_pipeline import grid_model as gm
+
+    six = train_data[:6].astype(np.float64)
+    full = gm.fit_basis(gmodel, six, 3)
+    normed, valid = full._normalise(six), np.isfinite(six)
+    folds = gm._cross_fitted(full, normed, valid, gap=1)
+    per_fold = [np.concatenate(g) for g in zip(*(m.fit_fields(normed[f], valid[f], 30, 0.3) for m, f in folds),
+                                                strict=True)]
+    monkeypatch.setattr(gm, "ENCODE_POINTS", 1)  # one field per batch: the same noise draws
+    single = gm._encode_cross_fitted(full, normed, valid, 30, 0.3, [1])
+    assert all(np.array_equal(a, b) for a, b in zip(per_fold, single, strict=True))
+    monkeypatch.undo()
+    assert len(gm.encode_batches(12, normed.shape[1:], gm.ENCODE_POINTS)) == 1
+    both = gm._encode_cross_fitted(full, normed, valid, 30, 0.3, [0, 1])  # 12 items, one batch
+    assert [g.shape for g in both] == [(12, *g.shape[1:]) for g in per_fold]
+    # the same fields and bases, other noise draws: the same latents almost everywhere
+    agree = np.mean(np.concatenate([(a[6:] == b).ravel() for a, b in zip(both, per_fold, strict=True)]))
+    assert agree > 0.9, agree
+    # per-item bases in the synthesis: each item as with its own basis
+    net = full.network
+    zs = [torch.randn(2, *s) for s in full.config.level_shapes(normed.shape[1:])]
+    c = torch.randn(2, 3)
+    b2 = torch.stack([folds[0][0].network.basis, folds[3][0].network.basis])  # type: ignore[list-item]
+    clim = full._climatology()
+    with torch.no_grad():
+        out = net(zs, clim, normed.shape[1:], c, b2)
+        for i, (m, _) in enumerate((folds[0], folds[3])):
+            alone = m.network([z[i : i + 1] for z in zs], clim, normed.shape[1:], c[i : i + 1])
+            assert torch.allclose(out[i : i + 1], alone, atol=1e-5)
+        with pytest.raises(ValueError, match="per-item bases"):
+            net(zs, clim, normed.shape[1:], c, b2[:1])
+
+
 def test_finetune_for_basis(gmodel: GridModel, train_data: np.ndarray, held_out: np.ndarray) -> None:
     """The synthesis trained further on the training fields' residuals after bases computed
     without them (and their neighbours): same basis and coefficient coder, new network and
