@@ -2,7 +2,7 @@
 # The whole ERA5 model chain (README "How the models are made") on one machine, each step timed:
 # training, basis, fine-tuning, coders, then the encoder's ARM rate, the previous-field
 # predictor and the stored poles. On a GPU (cuda when present) it takes minutes; on this
-# 2-core CPU about an hour. Then gpu_throughput.py times the result on the 7 held-out fields.
+# 2-core CPU about an hour. `gpu_throughput.py --grid-model <final> --variable VAR` times the result.
 #
 #   benchmarks/gpu_chain.sh VAR [OUT]        # VAR: t2m | msl | u10 | v10; OUT: benchmarks/results
 #

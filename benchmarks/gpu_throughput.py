@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -81,18 +82,21 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     files = list_sources(str(SAMPLE_ERA5))
-    train, test = load_variable(files[:5], "t2m"), load_variable(files[5:], "t2m")
-    if args.variable != "t2m" and (args.grid_model or args.check_blobs):
-        vtrain, vtest = load_variable(files[:5], args.variable), load_variable(files[5:], args.variable)
-    else:
-        vtrain, vtest = train, test
+
+    @functools.cache
+    def era5(var: str) -> tuple[np.ndarray, np.ndarray]:
+        """The ERA5 sample's training (first 5 days) and 7 held-out fields of ``var``."""
+        return load_variable(files[:5], var), load_variable(files[5:], var)
+
     if args.check_blobs:
-        return check_blobs(args, vtest)
-    rows = [] if args.skip_base else base_rows(args, device, train, test)
+        return check_blobs(args, era5(args.variable)[1])
+    rows = [] if args.skip_base else base_rows(args, device, *era5("t2m"))
     if args.grid_model:
-        rows += model_rows(args, device, vtrain, vtest)
+        rows += model_rows(args, device, *era5(args.variable))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; model {args.depth}x{args.width}, 16x16 patches, t2m (7, 181, 360) held-out")
+    what = [] if args.skip_base else [f"patch model {args.depth}x{args.width}, 16x16 patches, t2m"]
+    what += [f"grid model {Path(args.grid_model).name}, {args.variable}"] if args.grid_model else []
+    print(f"device: {name}; {'; '.join(what)}; (7, 181, 360) held-out")
     for r in rows:
         print(f"  {r['what']:<62} {r['value']:>10.2f} {r['unit']}")
     out = Path(args.out)
