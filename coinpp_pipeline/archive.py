@@ -281,8 +281,11 @@ def write_region(job: ArchiveJob, region: Region, verify: bool = True) -> Region
     resolve_model(job.model_hashes[region.var], job.models[region.var])  # fail early, clearly
     src = _read_items(job, region.start, region.stop, [region.var])
     part = src[[region.var]].drop_vars([c for c in src.coords if c != job.time_dim] + [job.time_dim], errors="ignore")
-    part.to_zarr(job.target, region={job.time_dim: slice(region.start, region.stop)},
-                 consolidated=False, zarr_format=job.zarr_format, storage_options=job.storage_options or None)
+    # the region's chunks reach the codec as one batch (zarr v3: one encode_many call, their
+    # fields sharing the encoder's batches — what fills a GPU; the v2 compressor takes one at a time)
+    with zarr.config.set({"codec_pipeline.batch_size": job.region_chunks}):
+        part.to_zarr(job.target, region={job.time_dim: slice(region.start, region.stop)},
+                     consolidated=False, zarr_format=job.zarr_format, storage_options=job.storage_options or None)
     values = np.asarray(src[region.var].values)
     res = RegionResult(region.var, region.index, region.stop - region.start, int(values.nbytes))
     if verify:

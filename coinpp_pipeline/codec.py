@@ -146,6 +146,27 @@ def encode_array(
                             **grid_options(rate_weight=rate_weight, residual_bpv=residual_bpv))
 
 
+def encode_arrays(
+    model: Model,
+    arrs: list[np.ndarray],
+    steps: int | None,
+    max_abs_error: float | None,
+    rel_error: float | None,
+    rate_weight: float | None = None,
+    residual_bpv: float | None = None,
+) -> list[bytes]:
+    """:func:`encode_array` of several chunks at once: a latent-grid model batches their
+    fields through the encoder (:meth:`Model.encode_many`); each chunk keeps its own bound."""
+    checked = []
+    for arr in arrs:
+        check_array(arr)
+        checked.append(np.ascontiguousarray(arr))
+    bounds = [chunk_bound(a, max_abs_error, rel_error) for a in checked]
+    with torch_section(inference=False):
+        return model.encode_many(checked, steps=steps, max_abs_error=bounds,
+                                 **grid_options(rate_weight=rate_weight, residual_bpv=residual_bpv))
+
+
 def decode_bytes(model: Model, data: bytes) -> np.ndarray:
     """Chunk bytes -> array (shape and dtype recorded in the chunk)."""
     with torch_section(inference=True):

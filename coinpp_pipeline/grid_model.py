@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
 import math
 import struct
 import time
@@ -398,8 +399,8 @@ class GridModel(Model):
 
     def fit_fields_coeffs(self, normed: np.ndarray, valid: np.ndarray, steps: int, rate_weight: float,
                           row_values: np.ndarray | None = None) -> tuple[list[np.ndarray], np.ndarray]:
-        """:meth:`fit_grids_coeffs` for any number of fields ``(B, H, W)``, in batches of at
-        most :data:`ENCODE_POINTS` points (:data:`ENCODE_POINTS_CUDA` on a GPU;
+        """:meth:`fit_grids_coeffs` for any number of fields ``(B, H, W)`` of one chunk, in
+        batches of at most :data:`ENCODE_POINTS` points (:data:`ENCODE_POINTS_CUDA` on a GPU;
         :func:`encode_batches`) -> ``L`` grids ``(B, h_l, w_l)`` and basis coefficients
         ``(B, k)``. Each field's loss is its own: the batching changes only the random draws of the
         noise / annealing. With ``encode_rate="arm"`` and an ARM with the item context the
@@ -411,33 +412,63 @@ class GridModel(Model):
         then have one more column, the predictor's (0 for the first field). ``row_values
         (B, R)``: the normalised values the decoder writes into the model's constant rows
         (the section ``O`` the chunk will hold; those rows should be invalid in ``valid``)."""
+        return self.fit_chunks_coeffs([normed], [valid], steps, rate_weight, [row_values])[0]
+
+    def fit_chunks_coeffs(self, normed: Sequence[np.ndarray], valid: Sequence[np.ndarray], steps: int,
+                          rate_weight: float, row_values: Sequence[np.ndarray | None] | None = None,
+                          ) -> list[tuple[list[np.ndarray], np.ndarray]]:
+        """:meth:`fit_fields_coeffs` for several chunks at once: ``normed[c] (B_c, H, W)`` (one
+        spatial shape), ``valid[c]`` likewise, ``row_values[c] (B_c, R)`` or None -> per chunk
+        its ``L`` grids ``(B_c, h_l, w_l)`` and coefficients. The chunks' fields share the
+        encoder's batches: all of them, or for a model that encodes a chunk's fields in order
+        (item-context ARM rate, previous-field predictor) field ``t`` of every chunk that has
+        one, then field ``t + 1``. Each field's loss is its own, so sharing changes only the
+        random draws (and, with the predictor, float rounding in the encoder's copy of the
+        decoded previous field); one chunk alone is encoded exactly as by itself."""
+        rows: Sequence[np.ndarray | None] = [None] * len(normed) if row_values is None else row_values
+        if not normed:
+            return []
+        hw = (normed[0].shape[1], normed[0].shape[2])
+        if any((n.shape[1], n.shape[2]) != hw for n in normed):
+            raise ValueError("chunks encoded together must share one spatial shape")
+        points = ENCODE_POINTS_CUDA if self.device.type == "cuda" else ENCODE_POINTS
         item_ctx = self.config.encode_rate == "arm" and self.arm is not None and self.arm.item_context
-        if item_ctx or self.config.predict_previous:
-            hw = (normed.shape[1], normed.shape[2])
-            parts: list[tuple[list[np.ndarray], np.ndarray]] = []
-            out: torch.Tensor | None = None  # the previous field's decoded output (normalised)
-            for i in range(normed.shape[0]):
-                prev = parts[-1][0] if parts and item_ctx else None
+        if not (item_ctx or self.config.predict_previous):
+            x_all, v_all = np.concatenate(list(normed)), np.concatenate(list(valid))
+            parts = [self.fit_grids_coeffs(x_all[b], v_all[b], steps, rate_weight)
+                     for b in encode_batches(x_all.shape[0], hw, points)]
+            grids = [np.concatenate([p[0][lv] for p in parts]) for lv in range(self.config.levels)]
+            coeffs = np.concatenate([p[1] for p in parts])
+            bounds = np.cumsum([0, *(n.shape[0] for n in normed)])
+            return [([g[a:b] for g in grids], coeffs[a:b]) for a, b in itertools.pairwise(bounds)]
+        done: list[list[tuple[list[np.ndarray], np.ndarray]]] = [[] for _ in normed]
+        outs: list[torch.Tensor | None] = [None] * len(normed)  # each chunk's last decoded field
+        for t in range(max(n.shape[0] for n in normed)):
+            active = [c for c, n in enumerate(normed) if n.shape[0] > t]
+            for b in encode_batches(len(active), hw, points):
+                cs = active[b]
+                prev = ([np.concatenate([done[c][-1][0][lv] for c in cs]) for lv in range(self.config.levels)]
+                        if t and item_ctx else None)
                 pred = None
-                if out is not None:
+                if t and self.config.predict_previous:
                     with torch.no_grad():
-                        pred = self.previous_predictor(out)
-                g, c = self.fit_grids_coeffs(normed[i : i + 1], valid[i : i + 1], steps, rate_weight, prev, pred)
+                        pred = self.previous_predictor(torch.cat([outs[c] for c in cs]))  # type: ignore[misc]
+                g, co = self.fit_grids_coeffs(np.stack([normed[c][t] for c in cs]),
+                                              np.stack([valid[c][t] for c in cs]), steps, rate_weight, prev, pred)
                 if self.config.predict_previous:
                     if pred is None:
-                        c = np.concatenate([c, np.zeros((1, 1), np.float32)], axis=1)
+                        co = np.concatenate([co, np.zeros((len(cs), 1), np.float32)], axis=1)
                     k = self.config.basis
-                    cb = self._stored_coefficients(c[:, :k], rate_weight, hw) if k else None
+                    cb = self._stored_coefficients(co[:, :k], rate_weight, hw) if k else None
                     zs = [torch.from_numpy(z.astype(np.float32)).to(self.device) for z in g]
-                    out = self._synthesize_item(zs, hw, cb, float(_half(c[0, k])), pred,
-                                                None if row_values is None else row_values[i : i + 1])
-                parts.append((g, c))
-        else:
-            points = ENCODE_POINTS_CUDA if self.device.type == "cuda" else ENCODE_POINTS
-            parts = [self.fit_grids_coeffs(normed[b], valid[b], steps, rate_weight)
-                     for b in encode_batches(normed.shape[0], (normed.shape[1], normed.shape[2]), points)]
-        grids = [np.concatenate([p[0][lv] for p in parts]) for lv in range(self.config.levels)]
-        return grids, np.concatenate([p[1] for p in parts])
+                    out = self._synthesize_item(zs, hw, cb, _half(co[:, k]), pred)
+                    for j, c in enumerate(cs):
+                        rv = rows[c]
+                        outs[c] = self._set_rows(out[j : j + 1], None if rv is None else rv[t : t + 1])
+                for j, c in enumerate(cs):
+                    done[c].append(([z[j : j + 1] for z in g], co[j : j + 1]))
+        return [([np.concatenate([p[0][lv] for p in d]) for lv in range(self.config.levels)],
+                 np.concatenate([p[1] for p in d])) for d in done]
 
     def synthesize_grids(self, grids: Sequence[np.ndarray], shape: tuple[int, int],
                          coeffs: np.ndarray | None = None, predictor_coeffs: np.ndarray | None = None,
@@ -467,18 +498,21 @@ class GridModel(Model):
         return out.astype(np.float64) * float(self.std[0]) + self.mean.astype(np.float64)
 
     def _synthesize_item(self, zs: Sequence[torch.Tensor], shape: tuple[int, int], coeffs: np.ndarray | None,
-                         predictor_coeff: float, predictor: torch.Tensor | None,
+                         predictor_coeff: float | np.ndarray, predictor: torch.Tensor | None,
                          row_values: np.ndarray | None = None) -> torch.Tensor:
         """One field's decoded output ``(1, H, W)`` (normalised) from its latents ``L x (1, h_l,
         w_l)``, basis coefficients ``(1, k)`` as stored, and — after the chunk's first field —
         ``predictor_coeff`` times ``predictor`` (:meth:`previous_predictor` of the previous
         field's output); ``row_values (1, R)`` the stored constant rows. The encoder and the
-        decoder both call this (and that), so they see the same fields."""
+        decoder both call this (and that), so they see the same fields. The encoder also
+        calls it for one field of each of ``B`` chunks: everything ``(B, ...)``,
+        ``predictor_coeff (B,)``."""
         with torch.no_grad():
             c = None if coeffs is None else torch.from_numpy(np.asarray(coeffs, np.float32)).to(self.device)
             out: torch.Tensor = self.network(list(zs), self._climatology(), shape, c)
             if predictor is not None:
-                out = out + predictor_coeff * predictor
+                pc = torch.from_numpy(np.asarray(predictor_coeff, np.float32).reshape(-1, 1, 1)).to(self.device)
+                out = out + pc * predictor
         return self._set_rows(out, row_values)
 
     def _set_rows(self, out: torch.Tensor, row_values: np.ndarray | None) -> torch.Tensor:
@@ -554,25 +588,53 @@ class GridModel(Model):
         bits per value (:mod:`~coinpp_pipeline.sperr_residual`, section ``S``; for qualities
         above what the network reaches); ``max_abs_error`` adds the error-bounded residual
         layer (after the hybrid layer when both are given)."""
-        a = check_input(array, max_abs_error)
+        return self.encode_many([array], steps=steps, max_abs_error=max_abs_error, rate_weight=rate_weight,
+                                residual_bpv=residual_bpv)[0]
+
+    def encode_many(self, arrays: Sequence[np.ndarray], *, steps: int | None = None,
+                    max_abs_error: float | None | Sequence[float | None] = None,
+                    rate_weight: float | None = None, residual_bpv: float | None = None) -> list[bytes]:
+        """:meth:`encode` for several chunks at once -> their chunk bytes, in order
+        (``max_abs_error`` one bound for all, or one per chunk). The fields of chunks with the
+        same spatial shape share the encoder's batches (:meth:`fit_chunks_coeffs`; for a
+        time-chunked model, field ``t`` of every chunk at once) — what fills a GPU when each
+        chunk holds few fields. The bytes differ from one-at-a-time :meth:`encode` only by
+        the encoder's random draws; a decoder reads them the same way. The error-bounded rate
+        descent (several encodes) runs chunk by chunk."""
+        bounds = (list(max_abs_error) if isinstance(max_abs_error, Sequence)
+                  else [max_abs_error] * len(arrays))
+        if len(bounds) != len(arrays):
+            raise ValueError(f"{len(bounds)} error bounds for {len(arrays)} chunks")
+        checked = [check_input(a, b) for a, b in zip(arrays, bounds, strict=True)]
         bpv = check_residual_bpv(residual_bpv)
         lam = self.config.rate_weight if rate_weight is None else check_rate_weight(rate_weight)
         n_steps = self.config.encode_steps if steps is None else int(steps)
-        hw = self._shape(a.shape)
-        x = a.astype(np.float64).reshape(-1, *hw)
-        finite = np.isfinite(x)
-        sections: dict[str, bytes] = {}
-        if not finite.all():
-            sections["M"] = bitstream.pack_mask(~finite[..., None])
-        vals = x[finite]
-        if vals.size == 0 or vals.min() == vals.max():
-            sections["K"] = struct.pack("<d", float(vals.flat[0]) if vals.size else 0.0)
-        else:
-            sections |= self._latent_sections(x, finite, n_steps, lam, max_abs_error, a.dtype, bpv)
-            if rate_weight is None and max_abs_error is not None:
-                sections |= self._bounded_descent(x, finite, n_steps, lam, max_abs_error, a.dtype, sections, bpv)
-        chunk = bitstream.Chunk(a.dtype, a.shape, hw, self.model_id, sections)
-        return bitstream.pack(chunk)
+        shapes = [self._shape(a.shape) for a in checked]
+        xs = [a.astype(np.float64).reshape(-1, *hw) for a, hw in zip(checked, shapes, strict=True)]
+        finites = [np.isfinite(x) for x in xs]
+        sections: list[dict[str, bytes]] = []
+        coded: dict[tuple[int, int], list[int]] = {}  # spatial shape -> chunks the network codes
+        for i, (x, finite) in enumerate(zip(xs, finites, strict=True)):
+            sec: dict[str, bytes] = {}
+            if not finite.all():
+                sec["M"] = bitstream.pack_mask(~finite[..., None])
+            vals = x[finite]
+            if vals.size == 0 or vals.min() == vals.max():
+                sec["K"] = struct.pack("<d", float(vals.flat[0]) if vals.size else 0.0)
+            else:
+                coded.setdefault(shapes[i], []).append(i)
+            sections.append(sec)
+        for idx in coded.values():
+            found = self._latent_sections_many([xs[i] for i in idx], [finites[i] for i in idx], n_steps, lam,
+                                               [bounds[i] for i in idx], [checked[i].dtype for i in idx], bpv)
+            for i, sec in zip(idx, found, strict=True):
+                sections[i] |= sec
+                bound = bounds[i]
+                if rate_weight is None and bound is not None:
+                    sections[i] |= self._bounded_descent(xs[i], finites[i], n_steps, lam, bound, checked[i].dtype,
+                                                         sections[i], bpv)
+        return [bitstream.pack(bitstream.Chunk(a.dtype, a.shape, hw, self.model_id, sec))
+                for a, hw, sec in zip(checked, shapes, sections, strict=True)]
 
     def _bounded_descent(self, x: np.ndarray, finite: np.ndarray, steps: int, lam: float, max_abs_error: float,
                          dtype: np.dtype, first: dict[str, bytes], residual_bpv: float | None) -> dict[str, bytes]:
@@ -595,34 +657,48 @@ class GridModel(Model):
                          residual_bpv: float | None = None) -> dict[str, bytes]:
         """Fields ``x (B, H, W)`` -> the ``G`` section (``P``, ``Q`` with a basis, a predictor)
         and the residual layers asked for: ``S`` (SPERR at ``residual_bpv``), then ``R`` (bound)."""
-        hw = (x.shape[1], x.shape[2])
-        rows = self.constant_row_values(x, finite)
-        fit_valid = finite
-        if rows is not None:
-            fit_valid = finite.copy()
-            fit_valid[:, list(self.config.constant_rows), :] = False
-        grids, coeffs = self.fit_fields_coeffs(self._normalise(x), fit_valid, steps, rate_weight, rows)
-        cp = None
-        if self.config.predict_previous:
-            coeffs, cp = coeffs[:, :-1], coeffs[:, -1]
-        out = {"G": self.compress_grids([[g[i] for g in grids] for i in range(x.shape[0])])}
-        if self.config.basis:
-            out["P"], coeffs = self._coefficient_section(coeffs, rate_weight, hw)
-        if cp is not None and x.shape[0] > 1:
-            cp = _half(cp)
-            out["Q"] = cp[1:].astype("<f2").tobytes()
-        if rows is not None:
-            out["O"] = rows.astype("<f2").tobytes()
-        if max_abs_error is None and residual_bpv is None:
-            return out
-        pred = self.synthesize_grids(grids, hw, coeffs, cp, rows)  # (B, 0) without a basis: ignored
-        if residual_bpv is not None:
-            out["S"] = encode_sperr_residual(np.where(finite, x - pred, 0.0), residual_bpv)
-        if max_abs_error is not None:
-            if "S" in out:  # the bound applies to what a decoder gets: prediction + SPERR's residual
-                pred = pred + decode_sperr_residual(out["S"], x.shape)
-            out["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], max_abs_error, dtype)
-        return out
+        return self._latent_sections_many([x], [finite], steps, rate_weight, [max_abs_error], [dtype],
+                                          residual_bpv)[0]
+
+    def _latent_sections_many(self, xs: Sequence[np.ndarray], finites: Sequence[np.ndarray], steps: int,
+                              rate_weight: float, max_abs_errors: Sequence[float | None],
+                              dtypes: Sequence[np.dtype], residual_bpv: float | None = None,
+                              ) -> list[dict[str, bytes]]:
+        """:meth:`_latent_sections` of several chunks ``xs[c] (B_c, H, W)`` (one spatial shape),
+        their latents fitted together (:meth:`fit_chunks_coeffs`)."""
+        hw = (xs[0].shape[1], xs[0].shape[2])
+        rows = [self.constant_row_values(x, finite) for x, finite in zip(xs, finites, strict=True)]
+        fit_valid = []
+        for finite, r in zip(finites, rows, strict=True):
+            if r is not None:
+                finite = finite.copy()
+                finite[:, list(self.config.constant_rows), :] = False
+            fit_valid.append(finite)
+        fitted = self.fit_chunks_coeffs([self._normalise(x) for x in xs], fit_valid, steps, rate_weight, rows)
+        found: list[dict[str, bytes]] = []
+        for x, finite, r, bound, dtype, (grids, coeffs) in zip(xs, finites, rows, max_abs_errors, dtypes, fitted,
+                                                               strict=True):
+            cp = None
+            if self.config.predict_previous:
+                coeffs, cp = coeffs[:, :-1], coeffs[:, -1]
+            out = {"G": self.compress_grids([[g[i] for g in grids] for i in range(x.shape[0])])}
+            if self.config.basis:
+                out["P"], coeffs = self._coefficient_section(coeffs, rate_weight, hw)
+            if cp is not None and x.shape[0] > 1:
+                cp = _half(cp)
+                out["Q"] = cp[1:].astype("<f2").tobytes()
+            if r is not None:
+                out["O"] = r.astype("<f2").tobytes()
+            if bound is not None or residual_bpv is not None:
+                pred = self.synthesize_grids(grids, hw, coeffs, cp, r)  # (B, 0) without a basis: ignored
+                if residual_bpv is not None:
+                    out["S"] = encode_sperr_residual(np.where(finite, x - pred, 0.0), residual_bpv)
+                if bound is not None:
+                    if "S" in out:  # the bound applies to what a decoder gets: prediction + SPERR's residual
+                        pred = pred + decode_sperr_residual(out["S"], x.shape)
+                    out["R"] = _encode_residual(x[..., None], pred[..., None], finite[..., None], bound, dtype)
+            found.append(out)
+        return found
 
     def _coefficient_section(self, coeffs: np.ndarray, rate_weight: float,
                              hw: tuple[int, int]) -> tuple[bytes, np.ndarray]:

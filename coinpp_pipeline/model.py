@@ -245,6 +245,19 @@ class Model:
         chunk = bitstream.Chunk(a.dtype, a.shape, layout.patch, self.model_id, sections)
         return bitstream.pack(chunk)
 
+    def encode_many(self, arrays: Sequence[np.ndarray], *, steps: int | None = None,
+                    max_abs_error: float | None | Sequence[float | None] = None,
+                    rate_weight: float | None = None, residual_bpv: float | None = None) -> list[bytes]:
+        """:meth:`encode` of several chunks -> their bytes in order (``max_abs_error`` one bound
+        for all, or one per chunk). A patch model encodes them one after the other; a
+        latent-grid model batches their fields together."""
+        bounds = (list(max_abs_error) if isinstance(max_abs_error, Sequence)
+                  else [max_abs_error] * len(arrays))
+        if len(bounds) != len(arrays):
+            raise ValueError(f"{len(bounds)} error bounds for {len(arrays)} chunks")
+        return [self.encode(a, steps=steps, max_abs_error=b, rate_weight=rate_weight, residual_bpv=residual_bpv)
+                for a, b in zip(arrays, bounds, strict=True)]
+
     def decode(self, data: bytes | bytearray | memoryview) -> np.ndarray:
         """Chunk bytes -> the array (same shape and dtype as encoded)."""
         return self.decode_many([data])[0]

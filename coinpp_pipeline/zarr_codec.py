@@ -16,7 +16,8 @@ models are found by hash in the process registry, ``COINPP_MODEL_PATH`` or ``mod
 Batches: zarr hands the codec ``codec_pipeline.batch_size`` chunks at a time (default 1);
 :meth:`COINppZarrCodec.decode` decodes a whole batch in one worker thread with
 :meth:`Model.decode_many`, so the patches of all chunks of one layout share batched forward
-passes; ``encode`` handles a batch in one thread, chunk by chunk (see
+passes; ``encode`` encodes a whole batch in one worker thread with :meth:`Model.encode_many`
+(a latent-grid model's encoder batches the chunks' fields; see
 :func:`coinpp_pipeline.codec.torch_section`).
 """
 
@@ -38,6 +39,7 @@ from .codec import (
     decode_bytes,
     decode_many_bytes,
     encode_array,
+    encode_arrays,
     grid_options,
 )
 from .model import Model
@@ -130,7 +132,14 @@ class COINppZarrCodec(ArrayBytesCodec):
         return out
 
     def _encode_many(self, items: list[tuple[NDBuffer | None, ArraySpec]]) -> list[Buffer | None]:
-        return [None if a is None else self._encode_sync(a, s) for a, s in items]
+        present = [i for i, (a, _) in enumerate(items) if a is not None]
+        arrays = [np.ascontiguousarray(items[i][0].as_numpy_array()) for i in present]  # type: ignore[union-attr]
+        blobs = encode_arrays(self._model(), arrays, self.steps, self.max_abs_error, self.rel_error,
+                              self.rate_weight, self.residual_bpv)
+        out: list[Buffer | None] = [None] * len(items)
+        for i, data in zip(present, blobs, strict=True):
+            out[i] = items[i][1].prototype.buffer.from_bytes(data)
+        return out
 
     # ------------------------------------------------------------------ async API
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:

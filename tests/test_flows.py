@@ -333,13 +333,24 @@ def test_meta_train_flow_names_model_by_hash_and_resumes(tmp_path: Path) -> None
     assert sha[:12] in str(report.data)
 
 
-def test_grid_model_kind_through_both_flows(tmp_path: Path) -> None:
+def test_grid_model_kind_through_both_flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """compress-archive with model_kind="grid": the meta-train subflow trains a latent-grid
     model, the store records rate_weight and residual_bpv (the SPERR hybrid layer) in its codec
-    and provenance, and readers get values within the bound."""
+    and provenance, and readers get values within the bound; a region's chunks reach the
+    model's encoder as one batch."""
     files = ERA5_FILES[:2]
     target = tmp_path / "grid.zarr"
+    from coinpp_pipeline import zarr_codec
     from flows.compress_archive import compress_archive
+
+    batches: list[int] = []
+    encode_arrays = zarr_codec.encode_arrays
+
+    def spy(model: Any, arrs: list[np.ndarray], *a: Any) -> list[bytes]:
+        batches.append(len(arrs))
+        return encode_arrays(model, arrs, *a)
+
+    monkeypatch.setattr(zarr_codec, "encode_arrays", spy)
 
     arch = {"factors": [2, 4, 8], "hidden": 8, "max_symbol": 8, "encode_steps": 20}
     stats = compress_archive(source=[str(f) for f in files], target=str(target), variables=["t2m"],
@@ -361,3 +372,4 @@ def test_grid_model_kind_through_both_flows(tmp_path: Path) -> None:
     got = _open(target)["t2m"].values
     want = _source([str(f) for f in files])["t2m"].values
     assert got.shape == want.shape and np.abs(got - want).max() <= BOUND
+    assert max(batches) == 4 and sum(batches) == want.shape[0], batches  # one field per chunk

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numcodecs
 import numpy as np
@@ -470,6 +471,19 @@ def test_zarr_v3_array_with_grid_model(gmodel: GridModel, held_out: np.ndarray, 
     assert hybrid.residual_bpv == 0.5 and hybrid.to_dict()["configuration"]["residual_bpv"] == 0.5
     back = zarr.open_array(str(tmp_path / "g.zarr"))[...]
     assert np.abs(back - held_out).max() <= 0.5
+    # a batch of chunks from zarr reaches the model as one encode_many call
+    seen: list[int] = []
+    many = gmodel.encode_many
+
+    def spy(arrays: list[np.ndarray], **kw: Any) -> list[bytes]:
+        seen.append(len(arrays))
+        return many(arrays, **kw)
+
+    with pytest.MonkeyPatch.context() as mp, zarr.config.set({"codec_pipeline.batch_size": 4}):
+        mp.setattr(gmodel, "encode_many", spy)  # (the pipeline reads the batch size on opening)
+        zarr.open_array(str(tmp_path / "g.zarr"), mode="r+")[...] = held_out[::-1]
+    assert seen == [2]
+    assert np.abs(zarr.open_array(str(tmp_path / "g.zarr"))[...] - held_out[::-1]).max() <= 0.5
 
 
 def test_cli_trains_and_describes_a_grid_model(tmp_path, capsys) -> None:
@@ -1072,3 +1086,58 @@ def test_constant_rows_store_the_poles(bmodel: GridModel, gmodel: GridModel, tra
             dataclasses.replace(cm.config, constant_rows=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mean field is not constant"):
         gmodel.with_constant_rows((1,))
+
+
+def test_encode_many_shares_the_encoders_batches_across_chunks(bmodel: GridModel, gmodel: GridModel,
+                                                               train_data: np.ndarray,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``encode_many``: the fields of several chunks share the encoder's batches — all at once,
+    or for a time-chunked model (previous-field predictor, stored poles) field ``t`` of every
+    chunk that has one; each chunk decodes as well as when encoded alone, keeps its own
+    sections (mask, poles or not, constant) and its own error bound; one chunk alone gives
+    :meth:`encode`'s bytes."""
+    rows = detect_constant_rows(train_data)
+    pm = bmodel.with_previous_predictor().with_constant_rows(rows)
+    seq = fields(range(5, 7))
+    varied = seq[4:7].copy()
+    varied[1, -1, 7] += 3.0  # a pole row that varies: that chunk has no section O
+    holes = seq[:2].copy()
+    holes[0, 3, :10] = np.nan
+    chunks = [seq[:4], varied, holes, np.full((2, 46, 90), 280.0, np.float32), seq[-1:]]
+    for model, expect in [(pm, [4, 3, 2, 1]), (gmodel, [10])]:
+        sizes: list[int] = []
+        fit = model.fit_grids_coeffs
+
+        def counting(normed: np.ndarray, *args: Any, fit: Any = fit, sizes: list[int] = sizes, **kw: Any) -> Any:
+            sizes.append(normed.shape[0])
+            return fit(normed, *args, **kw)
+
+        monkeypatch.setattr(model, "fit_grids_coeffs", counting)
+        blobs = model.encode_many(chunks, rate_weight=0.3)
+        assert sizes == expect  # the constant chunk needs no encoder
+        monkeypatch.undo()
+        for i, (c, b) in enumerate(zip(chunks, blobs, strict=True)):
+            alone = model.encode(c, rate_weight=0.3)
+            out, ref = model.decode(b), model.decode(alone)
+            assert out.shape == c.shape and np.array_equal(np.isnan(out), np.isnan(c))
+            assert set(unpack(b).sections) == set(unpack(alone).sections), i
+            if i == 3:
+                assert b == alone and np.all(out == 280.0)
+                continue
+            assert abs(psnr(c, out) - psnr(c, ref)) < 0.5 and psnr(c, out) > 25, i
+            assert abs(len(b) - len(alone)) <= 0.15 * len(alone), i
+        if model is pm:
+            assert "O" in unpack(blobs[0]).sections and "O" not in unpack(blobs[1]).sections
+        assert model.encode_many(chunks[:1], rate_weight=0.3) == [model.encode(chunks[0], rate_weight=0.3)]
+    # one bound per chunk (None: none); the count must match
+    bounds = [0.2, None, 0.05, None, 0.1]
+    for c, b, bound in zip(chunks, pm.encode_many(chunks, rate_weight=0.3, max_abs_error=bounds), bounds,
+                           strict=True):
+        assert ("R" in unpack(b).sections) == (bound is not None and c.min() != c.max())
+        if bound is not None:
+            assert np.nanmax(np.abs(pm.decode(b) - c)) <= bound
+    with pytest.raises(ValueError, match="2 error bounds for 5 chunks"):
+        pm.encode_many(chunks, max_abs_error=[0.1, 0.2])
+    with pytest.raises(ValueError, match="infinite"):
+        gmodel.encode_many([seq[:1], np.full((1, 46, 90), np.inf, np.float32)])
+    assert gmodel.encode_many([]) == []
