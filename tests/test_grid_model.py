@@ -312,7 +312,12 @@ def test_bounded_descent_stops(gmodel: GridModel, held_out: np.ndarray, monkeypa
         size = next(v for k, v in sizes.items() if math.isclose(k, lam))
         return {"G": repr(lam).encode().ljust(abs(size), b" "), "R": bytes([0 if size < 0 else 1])}
 
-    monkeypatch.setattr(gmodel, "_latent_sections", sections)
+    def many(xs: list[np.ndarray], finites: list[np.ndarray], steps: int, lam: float, bounds: list[float | None],
+             dtypes: list[np.dtype], residual_bpv: float | None = None) -> list[dict[str, bytes]]:
+        return [sections(x, f, steps, lam, b, d, residual_bpv)
+                for x, f, b, d in zip(xs, finites, bounds, dtypes, strict=True)]
+
+    monkeypatch.setattr(gmodel, "_latent_sections_many", many)
     monkeypatch.setattr(gmodel, "config", dataclasses.replace(gmodel.config, rate_weight=3.0))
     g = unpack(gmodel.encode(held_out[:1], max_abs_error=0.1)).sections["G"]
     assert len(seen) == calls and all(math.isclose(a, 3.0 / 3**k) for k, a in enumerate(seen))
