@@ -19,8 +19,11 @@ chunk per region, so concurrent regions never write the same object).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import posixpath
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
 
@@ -276,14 +279,38 @@ class RegionResult:
         return asdict(self)
 
 
+_batch_lock = threading.Lock()
+_batch_users = 0
+_batch_saved: Any = None
+
+
+@contextlib.contextmanager
+def _chunk_batches(n: int) -> Iterator[None]:
+    """While writing regions, zarr hands the codec ``n`` chunks at a time (v3: one
+    ``encode_many`` call, their fields sharing the encoder's batches — what fills a GPU; the v2
+    compressor still takes one at a time). zarr's setting is process-wide and concurrent
+    region tasks overlap, so the last one out restores the previous value."""
+    global _batch_users, _batch_saved
+    with _batch_lock:
+        if _batch_users == 0:
+            _batch_saved = zarr.config.get("codec_pipeline.batch_size")
+        _batch_users += 1
+        zarr.config.set({"codec_pipeline.batch_size": n})
+    try:
+        yield
+    finally:
+        with _batch_lock:
+            _batch_users -= 1
+            if _batch_users == 0:
+                zarr.config.set({"codec_pipeline.batch_size": _batch_saved})
+
+
 def write_region(job: ArchiveJob, region: Region, verify: bool = True) -> RegionResult:
     """Encode and write one region; verify it by decoding from the store; then flag it done."""
     resolve_model(job.model_hashes[region.var], job.models[region.var])  # fail early, clearly
     src = _read_items(job, region.start, region.stop, [region.var])
     part = src[[region.var]].drop_vars([c for c in src.coords if c != job.time_dim] + [job.time_dim], errors="ignore")
-    # the region's chunks reach the codec as one batch (zarr v3: one encode_many call, their
-    # fields sharing the encoder's batches — what fills a GPU; the v2 compressor takes one at a time)
-    with zarr.config.set({"codec_pipeline.batch_size": job.region_chunks}):
+    with _chunk_batches(job.region_chunks):
         part.to_zarr(job.target, region={job.time_dim: slice(region.start, region.stop)},
                      consolidated=False, zarr_format=job.zarr_format, storage_options=job.storage_options or None)
     values = np.asarray(src[region.var].values)

@@ -34,7 +34,15 @@ from .latent_grid import (
     decompress_with_sets,
 )
 from .metalearning import pick_device
-from .model import Model, _encode_residual, _Parsed, _stable, check_input, check_rate_weight
+from .model import (
+    Model,
+    _encode_residual,
+    _Parsed,
+    _stable,
+    check_input,
+    check_rate_weight,
+    chunk_bounds,
+)
 from .sperr_residual import check_residual_bpv, decode_sperr_residual, encode_sperr_residual
 
 KIND = "grid"
@@ -601,10 +609,7 @@ class GridModel(Model):
         chunk holds few fields. The bytes differ from one-at-a-time :meth:`encode` only by
         the encoder's random draws; a decoder reads them the same way. The error-bounded rate
         descent (several encodes) runs chunk by chunk."""
-        bounds = (list(max_abs_error) if isinstance(max_abs_error, Sequence)
-                  else [max_abs_error] * len(arrays))
-        if len(bounds) != len(arrays):
-            raise ValueError(f"{len(bounds)} error bounds for {len(arrays)} chunks")
+        bounds = chunk_bounds(max_abs_error, len(arrays))
         checked = [check_input(a, b) for a, b in zip(arrays, bounds, strict=True)]
         bpv = check_residual_bpv(residual_bpv)
         lam = self.config.rate_weight if rate_weight is None else check_rate_weight(rate_weight)

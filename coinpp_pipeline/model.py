@@ -73,6 +73,15 @@ def check_input(array: np.ndarray, max_abs_error: float | None) -> np.ndarray:
     return a
 
 
+def chunk_bounds(max_abs_error: float | None | Sequence[float | None], n: int) -> list[float | None]:
+    """``encode_many``'s ``max_abs_error`` (one bound for all ``n`` chunks, or one per chunk)
+    -> one per chunk; a ValueError when the count differs."""
+    bounds = list(max_abs_error) if isinstance(max_abs_error, Sequence) else [max_abs_error] * n
+    if len(bounds) != n:
+        raise ValueError(f"{len(bounds)} error bounds for {n} chunks")
+    return bounds
+
+
 class Model:
     """A meta-learned COIN++ model. Create with :func:`coinpp_pipeline.meta_train` or
     :meth:`Model.load`; identified by the sha256 of its saved bytes (:attr:`sha256`)."""
@@ -251,10 +260,7 @@ class Model:
         """:meth:`encode` of several chunks -> their bytes in order (``max_abs_error`` one bound
         for all, or one per chunk). A patch model encodes them one after the other; a
         latent-grid model batches their fields together."""
-        bounds = (list(max_abs_error) if isinstance(max_abs_error, Sequence)
-                  else [max_abs_error] * len(arrays))
-        if len(bounds) != len(arrays):
-            raise ValueError(f"{len(bounds)} error bounds for {len(arrays)} chunks")
+        bounds = chunk_bounds(max_abs_error, len(arrays))
         return [self.encode(a, steps=steps, max_abs_error=b, rate_weight=rate_weight, residual_bpv=residual_bpv)
                 for a, b in zip(arrays, bounds, strict=True)]
 

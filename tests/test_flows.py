@@ -351,6 +351,7 @@ def test_grid_model_kind_through_both_flows(tmp_path: Path, monkeypatch: pytest.
         return encode_arrays(model, arrs, *a)
 
     monkeypatch.setattr(zarr_codec, "encode_arrays", spy)
+    batch_size = zarr.config.get("codec_pipeline.batch_size")
 
     arch = {"factors": [2, 4, 8], "hidden": 8, "max_symbol": 8, "encode_steps": 20}
     stats = compress_archive(source=[str(f) for f in files], target=str(target), variables=["t2m"],
@@ -373,3 +374,19 @@ def test_grid_model_kind_through_both_flows(tmp_path: Path, monkeypatch: pytest.
     want = _source([str(f) for f in files])["t2m"].values
     assert got.shape == want.shape and np.abs(got - want).max() <= BOUND
     assert max(batches) == 4 and sum(batches) == want.shape[0], batches  # one field per chunk
+    assert zarr.config.get("codec_pipeline.batch_size") == batch_size  # zarr's setting restored
+
+
+def test_overlapping_region_writes_restore_zarrs_batch_size() -> None:
+    """Region tasks overlap in threads: the batch size holds until the last one finishes, then
+    zarr's previous setting comes back."""
+    from coinpp_pipeline.archive import _chunk_batches
+
+    before = zarr.config.get("codec_pipeline.batch_size")
+    first, second = _chunk_batches(4), _chunk_batches(4)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert zarr.config.get("codec_pipeline.batch_size") == 4
+    second.__exit__(None, None, None)
+    assert zarr.config.get("codec_pipeline.batch_size") == before
