@@ -138,12 +138,7 @@ def encode_array(
     residual_bpv: float | None = None,
 ) -> bytes:
     """Compress one chunk ``arr (*items, *spatial[, C])`` with the codec's parameters."""
-    check_array(arr)
-    arr = np.ascontiguousarray(arr)
-    bound = chunk_bound(arr, max_abs_error, rel_error)
-    with torch_section(inference=False):
-        return model.encode(arr, steps=steps, max_abs_error=bound,
-                            **grid_options(rate_weight=rate_weight, residual_bpv=residual_bpv))
+    return encode_arrays(model, [arr], steps, max_abs_error, rel_error, rate_weight, residual_bpv)[0]
 
 
 def encode_arrays(

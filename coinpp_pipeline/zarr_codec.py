@@ -133,7 +133,7 @@ class COINppZarrCodec(ArrayBytesCodec):
 
     def _encode_many(self, items: list[tuple[NDBuffer | None, ArraySpec]]) -> list[Buffer | None]:
         present = [i for i, (a, _) in enumerate(items) if a is not None]
-        arrays = [np.ascontiguousarray(items[i][0].as_numpy_array()) for i in present]  # type: ignore[union-attr]
+        arrays = [items[i][0].as_numpy_array() for i in present]  # type: ignore[union-attr]
         blobs = encode_arrays(self._model(), arrays, self.steps, self.max_abs_error, self.rel_error,
                               self.rate_weight, self.residual_bpv)
         out: list[Buffer | None] = [None] * len(items)
