@@ -371,12 +371,18 @@ class _Parsed:
         return out.astype(dtype).reshape(self.chunk.shape)
 
 
-def _stable(report: dict[str, Any]) -> dict[str, Any]:
-    """The training report without wall-clock fields, so equal training gives equal files."""
-    out = {k: v for k, v in report.items() if k != "train_seconds"}
-    if "history" in out:
-        out["history"] = [{k: v for k, v in h.items() if k != "time_s"} for h in out["history"]]
-    return out
+#: Report keys holding wall-clock times: left out of model files.
+WALL_CLOCK_KEYS = frozenset({"train_seconds", "seconds", "time_s"})
+
+
+def _stable(report: Any) -> Any:
+    """The training report without wall-clock fields (:data:`WALL_CLOCK_KEYS`, at any depth:
+    training, basis, coder fitting), so equal training gives equal files."""
+    if isinstance(report, dict):
+        return {k: _stable(v) for k, v in report.items() if k not in WALL_CLOCK_KEYS}
+    if isinstance(report, list | tuple):
+        return [_stable(v) for v in report]
+    return report
 
 
 def fit_coding(model: Model, train_data: np.ndarray) -> None:

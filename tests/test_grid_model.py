@@ -7,6 +7,7 @@ fields; the first 5 days are training data, the last day is held out).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -643,6 +644,10 @@ def test_grid_model_with_an_arm(gmodel: GridModel, train_data: np.ndarray, held_
     assert again.arm is not None and m.arm is not None
     assert not all(np.array_equal(a, b) for a, b in zip(again.arm.weights, m.arm.weights, strict=True))  # cache used
     assert m.arm is not None and not m.table_sets and m.report["arm"]["rate_weights"] == [0.3, 3.0]
+    twin = fit_coders(gmodel, train_data[:4], [0.3, 3.0], table_sets=False, arm=True, arm_steps=300, arm_hidden=8,
+                      latents=dict(cache))
+    assert twin.report["arm"]["seconds"] >= 0 and "seconds" not in json.dumps(Model.from_bytes(m.to_bytes()).report)
+    assert twin.to_bytes() == m.to_bytes()  # equal fitting, equal files: wall-clock times are not stored
     assert m.coders() == (m.tables, m.arm)
     re = Model.from_bytes(m.to_bytes(), sha256=m.sha256)
     assert isinstance(re, GridModel) and re.to_bytes() == m.to_bytes() and re.arm is not None
