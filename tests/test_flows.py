@@ -157,6 +157,33 @@ def test_append_new_file_keeps_old_regions(model_url: str, codec_model, tmp_path
         assert (grown / key).read_bytes() == (once / key).read_bytes(), key
 
 
+def test_append_with_several_fields_per_chunk(model_url: str, codec_model, tmp_path: Path) -> None:
+    """``time_chunk=3`` (chunks hold 3 fields, as the time-chunked benchmarks store them):
+    appending re-encodes only the chunk that grew; full old chunks keep their bytes."""
+    kw: dict[str, Any] = {"time_chunk": 3, "region_chunks": 1}
+    grown = tmp_path / "grown.zarr"
+    _compress(model_url, ERA5_FILES[:2], grown, **kw)  # 7 items: chunks 0-1 full, chunk 2 holds 1
+    np.testing.assert_array_equal(_flags(grown), [4, 4, 2])
+    old = _snapshot(grown)
+    out = _compress(model_url, ERA5_FILES[:3], grown, **kw)  # 10 items
+    assert out["items"] == 10 and out["regions_written"] == 2  # chunk 2 grew (6 -> 6-8), chunk 3 is new
+    new = _snapshot(grown)
+    for t in range(2):
+        key = _chunk_key(t, 3)
+        assert key in old and new[key] == old[key], key
+    ds = _check_store(grown, ERA5_FILES[:3], 3, codec_model.sha256)
+    assert zarr.open_group(str(grown), mode="r")["t2m"].chunks[0] == 3
+    np.testing.assert_array_equal(_flags(grown), [4, 4, 4, 2])
+
+    once = tmp_path / "once.zarr"
+    assert _compress(model_url, ERA5_FILES[:3], once, **kw)["regions_written"] == 4
+    with _open(once) as ref:
+        np.testing.assert_array_equal(ds["t2m"].values, ref["t2m"].values)
+    for t in range(4):
+        key = _chunk_key(t, 3)
+        assert (grown / key).read_bytes() == (once / key).read_bytes(), key
+
+
 def _failed(state: Any) -> str:
     assert state.is_failed(), state
     return str(state.message) + " " + repr(state.result(raise_on_failure=False))
