@@ -132,57 +132,50 @@ def test_compress_archive_roundtrip_and_rerun(model_url: str, codec_model, tmp_p
     _check_store(target, files, zarr_format, codec_model.sha256)
 
 
-@pytest.mark.parametrize("zarr_format", [3, 2])
-def test_append_new_file_keeps_old_regions(model_url: str, codec_model, tmp_path: Path, zarr_format: int) -> None:
+def _append_and_compare(model_url: str, sha: str, tmp_path: Path, zarr_format: int, kw: dict[str, Any],
+                        flags_before: list[int], regions_appended: int, old_chunks: int,
+                        flags_after: list[int]) -> None:
+    """Write 2 files (7 items), append a third (10): the region flags, the regions rewritten,
+    the first ``old_chunks`` chunk objects untouched (bytes and mtime), and every chunk equal
+    to a store written at once (deterministic encoding)."""
     grown = tmp_path / "grown.zarr"
-    _compress(model_url, ERA5_FILES[:2], grown, zarr_format=zarr_format)  # 7 items: regions 0-2 full, 3 partial
+    _compress(model_url, ERA5_FILES[:2], grown, zarr_format=zarr_format, **kw)
+    np.testing.assert_array_equal(_flags(grown), flags_before)
     old = _snapshot(grown)
-    out = _compress(model_url, ERA5_FILES[:3], grown, zarr_format=zarr_format)  # 10 items
-    assert out["items"] == 10
-    assert out["regions_written"] == 2  # region 3 grew (6-7 -> 6-8), region 4 is new
+    out = _compress(model_url, ERA5_FILES[:3], grown, zarr_format=zarr_format, **kw)
+    assert out["items"] == 10 and out["regions_written"] == regions_appended
     new = _snapshot(grown)
-    for t in range(6):  # complete old regions 0-2: chunk objects untouched (bytes and mtime)
+    for t in range(old_chunks):
         key = _chunk_key(t, zarr_format)
         assert key in old and new[key] == old[key], key
-    ds = _check_store(grown, ERA5_FILES[:3], zarr_format, codec_model.sha256)
-    np.testing.assert_array_equal(_flags(grown), [3, 3, 3, 3, 3])
+    ds = _check_store(grown, ERA5_FILES[:3], zarr_format, sha)
+    np.testing.assert_array_equal(_flags(grown), flags_after)
 
     once = tmp_path / "once.zarr"
-    assert _compress(model_url, ERA5_FILES[:3], once, zarr_format=zarr_format)["regions_written"] == 5
+    assert _compress(model_url, ERA5_FILES[:3], once, zarr_format=zarr_format, **kw)["regions_written"] == len(flags_after)
     with _open(once, zarr_format) as ref:
         np.testing.assert_array_equal(ds["t2m"].values, ref["t2m"].values)
         np.testing.assert_array_equal(ds["time"].values, ref["time"].values)
-    for t in range(10):  # deterministic encoding: the same chunk bytes, whichever way written
+    n_chunks = zarr.open_group(str(once), mode="r")["t2m"].nchunks
+    for t in range(n_chunks):
         key = _chunk_key(t, zarr_format)
         assert (grown / key).read_bytes() == (once / key).read_bytes(), key
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_append_new_file_keeps_old_regions(model_url: str, codec_model, tmp_path: Path, zarr_format: int) -> None:
+    """One field per chunk, 2 chunks per region: regions 0-2 full, region 3 grows (6-7 -> 6-8),
+    region 4 is new."""
+    _append_and_compare(model_url, codec_model.sha256, tmp_path, zarr_format, {"region_chunks": 2},
+                        flags_before=[3, 3, 3, 2], regions_appended=2, old_chunks=6, flags_after=[3, 3, 3, 3, 3])
 
 
 def test_append_with_several_fields_per_chunk(model_url: str, codec_model, tmp_path: Path) -> None:
     """``time_chunk=3`` (chunks hold 3 fields, as the time-chunked benchmarks store them):
-    appending re-encodes only the chunk that grew; full old chunks keep their bytes."""
-    kw: dict[str, Any] = {"time_chunk": 3, "region_chunks": 1}
-    grown = tmp_path / "grown.zarr"
-    _compress(model_url, ERA5_FILES[:2], grown, **kw)  # 7 items: chunks 0-1 full, chunk 2 holds 1
-    np.testing.assert_array_equal(_flags(grown), [4, 4, 2])
-    old = _snapshot(grown)
-    out = _compress(model_url, ERA5_FILES[:3], grown, **kw)  # 10 items
-    assert out["items"] == 10 and out["regions_written"] == 2  # chunk 2 grew (6 -> 6-8), chunk 3 is new
-    new = _snapshot(grown)
-    for t in range(2):
-        key = _chunk_key(t, 3)
-        assert key in old and new[key] == old[key], key
-    ds = _check_store(grown, ERA5_FILES[:3], 3, codec_model.sha256)
-    assert zarr.open_group(str(grown), mode="r")["t2m"].chunks[0] == 3
-    np.testing.assert_array_equal(_flags(grown), [4, 4, 4, 2])
-
-    once = tmp_path / "once.zarr"
-    assert _compress(model_url, ERA5_FILES[:3], once, **kw)["regions_written"] == 4
-    with _open(once) as ref:
-        np.testing.assert_array_equal(ds["t2m"].values, ref["t2m"].values)
-    for t in range(4):
-        key = _chunk_key(t, 3)
-        assert (grown / key).read_bytes() == (once / key).read_bytes(), key
-
+    chunks 0-1 full, chunk 2 grows (6 -> 6-8) and is re-encoded, chunk 3 is new."""
+    _append_and_compare(model_url, codec_model.sha256, tmp_path, 3, {"time_chunk": 3, "region_chunks": 1},
+                        flags_before=[4, 4, 2], regions_appended=2, old_chunks=2, flags_after=[4, 4, 4, 2])
+    assert zarr.open_group(str(tmp_path / "grown.zarr"), mode="r")["t2m"].chunks[0] == 3
 
 def _failed(state: Any) -> str:
     assert state.is_failed(), state
