@@ -177,6 +177,7 @@ def test_append_with_several_fields_per_chunk(model_url: str, codec_model, tmp_p
                         flags_before=[4, 4, 2], regions_appended=2, old_chunks=2, flags_after=[4, 4, 4, 2])
     assert zarr.open_group(str(tmp_path / "grown.zarr"), mode="r")["t2m"].chunks[0] == 3
 
+
 def _failed(state: Any) -> str:
     assert state.is_failed(), state
     return str(state.message) + " " + repr(state.result(raise_on_failure=False))
