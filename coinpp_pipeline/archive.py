@@ -63,7 +63,7 @@ class ArchiveJob:
     models: dict[str, str]  # var -> model URL
     model_hashes: dict[str, str]  # var -> sha256
     time_dim: str = "time"
-    time_chunk: int = 1
+    time_chunk: int = 1  # items per chunk along time (the flow resolves it: resolve_time_chunk)
     region_chunks: int = 1
     zarr_format: int = 3
     steps: int | None = None
@@ -146,11 +146,56 @@ def regions_for(job: ArchiveJob) -> list[Region]:
 
 
 def _store_exists(job: ArchiveJob) -> bool:
+    return _open_store(job.target, job.storage_options) is not None
+
+
+def _open_store(target: str, storage_options: dict[str, Any]) -> zarr.Group | None:
     try:
-        zarr.open_group(job.target, mode="r", storage_options=job.storage_options or None)
+        # not from consolidated metadata (v2): it predates the progress group and would hide it
+        return zarr.open_group(target, mode="r", storage_options=storage_options or None, use_consolidated=False)
     except FileNotFoundError:
-        return False
-    return True
+        return None
+
+
+def store_time_chunks(target: str, variables: list[str], storage_options: dict[str, Any] | None = None,
+                      ) -> dict[str, int]:
+    """Items per chunk along time of each of ``variables`` the store at ``target`` holds
+    (empty: no store)."""
+    root = _open_store(target, storage_options or {})
+    if root is None:
+        return {}
+    out = {}
+    for v in variables:
+        node = root.get(v)
+        if isinstance(node, zarr.Array) and node.ndim:
+            out[v] = int(node.chunks[0])
+    return out
+
+
+def resolve_time_chunk(target: str, variables: list[str], requested: int | None, preferred: dict[str, int],
+                       storage_options: dict[str, Any] | None = None) -> int:
+    """Items per chunk along time for a run writing ``variables`` to ``target``: an existing
+    store's own (a run that asked for another is refused: its regions would straddle the
+    stored chunks), else ``requested``, else what the models were made for (``preferred``,
+    ``{variable: Model.chunk_items}``; models made for different lengths need ``requested``)."""
+    have = store_time_chunks(target, variables, storage_options)
+    if have:
+        lengths = sorted(set(have.values()))
+        if len(lengths) > 1:
+            raise SourceError(f"store {target} chunks its variables differently along time ({have}); write "
+                              "a new store")
+        if requested is not None and requested != lengths[0]:
+            raise SourceError(f"store {target} holds chunks of {lengths[0]} item(s) along time; time_chunk="
+                              f"{requested} cannot extend it: give time_chunk={lengths[0]} (or leave it unset) "
+                              "or write a new store")
+        return lengths[0]
+    if requested is not None:
+        return int(requested)
+    lengths = sorted(set(preferred.values()))
+    if len(lengths) > 1:
+        raise SourceError(f"the models were made for different chunk lengths along time ({preferred}): give "
+                          "time_chunk")
+    return lengths[0] if lengths else 1
 
 
 def prepare_store(job: ArchiveJob) -> list[Region]:
@@ -170,6 +215,7 @@ def prepare_store(job: ArchiveJob) -> list[Region]:
             raise SourceError(f"store {job.target} has no variable(s) {missing}; write a new store")
         for v in job.variables:
             _check_same_model(job, v)
+        _check_same_layout(job)
         src_times = _read_times(job)
         if n_have > len(src_times) or not np.array_equal(np.asarray(have[job.time_dim].values), src_times[:n_have]):
             raise SourceError(
@@ -181,6 +227,8 @@ def prepare_store(job: ArchiveJob) -> list[Region]:
             tmpl.to_zarr(job.target, mode="a", append_dim=job.time_dim, **kw)
     regions = regions_for(job)
     group = _progress(job)
+    if "region_items" not in group.attrs:  # a new store, or one written before the layout was recorded
+        group.attrs["region_items"] = job.region_items
     done: dict[str, np.ndarray] = {}
     n = math.ceil(job.total_items / job.region_items)
     for v in job.variables:
@@ -194,6 +242,28 @@ def prepare_store(job: ArchiveJob) -> list[Region]:
         done[v] = np.asarray(arr[:])
     # A flag records the region's size: a region that grew (archive appended) is redone.
     return [r for r in regions if (done[r.var][r.index] if r.index < len(done[r.var]) else 0) != _flag(r, job)]
+
+
+def _check_same_layout(job: ArchiveJob) -> None:
+    """Before an existing store is touched: the job's chunks along time must be the store's
+    (regions would straddle stored chunks) and its regions the ones the done flags count."""
+    stored = store_time_chunks(job.target, job.variables, job.storage_options)
+    if any(n != job.time_chunk for n in stored.values()):
+        raise SourceError(f"store {job.target} holds chunks of {stored} item(s) along time, this job "
+                          f"writes chunks of {job.time_chunk}: use the store's time_chunk or write a new store")
+    root = _open_store(job.target, job.storage_options)
+    progress = root.get(PROGRESS_GROUP) if root is not None else None
+    recorded = progress.attrs.get("region_items") if isinstance(progress, zarr.Group) else None
+    if recorded is None:  # written before the layout was recorded: the flags are trusted as they are
+        return
+    if not isinstance(recorded, int):
+        raise SourceError(f"store {job.target}: its progress group's region_items is {recorded!r}, not a count")
+    if recorded != job.region_items:
+        raise SourceError(
+            f"store {job.target} was written in regions of {recorded} item(s) (time_chunk x region_chunks), "
+            f"this run's hold {job.region_items}: resume with region_chunks={max(recorded // job.time_chunk, 1)} "
+            "and the store's time_chunk"
+        )
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array:

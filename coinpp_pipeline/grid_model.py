@@ -270,6 +270,17 @@ class GridModel(Model):
                                  "the training data")
         return self._replace(config=config, network=copy.deepcopy(self.network))
 
+    @property
+    def chunk_items(self) -> int:
+        """Items per chunk the model was made for: the run length its ARM learned the item
+        context on (:func:`fit_coders`' ``arm_chunk_items``, recorded in the model file's
+        report), else 1. Chunks of other lengths decode the same; they code less well."""
+        if self.arm is None or not self.arm.item_context:
+            return 1
+        arm = self.report.get("arm")
+        n = arm.get("chunk_items") if isinstance(arm, dict) else None
+        return n if isinstance(n, int) and n >= 1 else 1
+
     def to(self, device: str | torch.device | None) -> GridModel:
         self.device = pick_device(str(device) if device is not None else None)
         self.network.to(self.device)

@@ -128,6 +128,12 @@ class Model:
         return self._bytes
 
     @property
+    def chunk_items(self) -> int:
+        """Items per chunk the model was made for (the default time chunk of
+        ``compress-archive``): 1 — a patch model codes each item on its own."""
+        return 1
+
+    @property
     def sha256(self) -> str:
         """sha256 of :meth:`to_bytes`, computed once per serialisation (it is on every
         encode/decode path through :attr:`model_id`)."""

@@ -35,6 +35,7 @@ from coinpp_pipeline.archive import (  # noqa: E402
     finalize_store,
     plan_archive,
     prepare_store,
+    resolve_time_chunk,
     write_region,
 )
 from coinpp_pipeline.resolve import allow_model_urls  # noqa: E402
@@ -121,7 +122,7 @@ def compress_archive(
     train_steps: Annotated[int, Field(ge=0)] = 1000,
     architecture: dict[str, Any] | None = None,
     time_dim: str = "time",
-    time_chunk: Annotated[int, Field(ge=1)] = 1,
+    time_chunk: Annotated[int, Field(ge=1)] | None = None,
     region_chunks: Annotated[int, Field(ge=1)] = 4,
     zarr_format: Literal[2, 3] = 3,
     steps: Annotated[int, Field(ge=0)] | None = None,
@@ -133,7 +134,8 @@ def compress_archive(
     dask_address: str | None = None,
     storage_options: dict[str, Any] | None = None,
     source_storage_options: dict[str, Any] | None = None,
-    model_kind: Literal["patch", "grid"] = "patch",
+    model_kind: Literal["patch", "grid", "grid-chain"] = "patch",
+    chain: dict[str, Any] | None = None,
     rate_weight: Annotated[float, Field(ge=0)] | None = None,
     residual_bpv: Annotated[float, Field(gt=0, le=MAX_RESIDUAL_BPV)] | None = None,
 ) -> dict[str, Any]:
@@ -146,9 +148,12 @@ def compress_archive(
     Codec parameters: ``steps`` (inner steps), ``max_abs_error`` / ``rel_error`` (error bound),
     ``rate_weight`` (latent-grid models: larger = smaller store), ``residual_bpv`` (latent-grid
     models: SPERR codes the network's residual at that many bits per value, for higher quality). ``model_kind``: the kind of
-    model trained when none is given ("patch" COIN++ or "grid" latent-grid, whose climatology
-    needs whole fields per chunk — the default chunking here).
-    Returns per-variable statistics (raw bytes, stored bytes, ratio, PSNR, max abs error).
+    model trained when none is given ("patch" COIN++, "grid" latent-grid — whose climatology
+    needs whole fields per chunk, as chunks along time have — or "grid-chain", the
+    benchmarks' latent-grid model, ``chain``: its :class:`~coinpp_pipeline.grid_chain.GridChainConfig`
+    settings). ``time_chunk``: items per chunk along time — by default an existing store's,
+    else what the models were made for (``Model.chunk_items``: 7 for the chain's ERA5 models,
+    1 for patch models); a store is never rechunked. Returns per-variable statistics (raw bytes, stored bytes, ratio, PSNR, max abs error).
     """
     logger = get_run_logger()
     sources = list_sources(source, source_storage_options)
@@ -160,12 +165,14 @@ def compress_archive(
         if not models.get(v):
             out = meta_train_flow(source=sources, variable=v, output=f"{model_dir}/",
                                   architecture=architecture, steps=train_steps, time_dim=time_dim,
-                                  storage_options=storage_options, kind=model_kind)
+                                  storage_options=storage_options, kind=model_kind, chain=chain)
             models[v] = out["url"]
-    hashes = {}
+    hashes, preferred = {}, {}
     for v in variables:
         m = Model.load(models[v], **(storage_options or {}))
-        hashes[v] = m.sha256
+        hashes[v], preferred[v] = m.sha256, m.chunk_items
+    time_chunk = resolve_time_chunk(target, list(variables), time_chunk, preferred, storage_options)
+    logger.info("%d item(s) per chunk along %s", time_chunk, time_dim)
     job = ArchiveJob(
         sources=sources, target=target, variables=list(variables), models=models,
         model_hashes=hashes, time_dim=time_dim, time_chunk=time_chunk, region_chunks=region_chunks,

@@ -8,6 +8,12 @@ model (identified by its sha256) and publishes a training report as Prefect arti
 ``kind="grid"`` trains a latent-grid model instead (:func:`coinpp_pipeline.grid_model.train_grid_model`;
 ``architecture`` then holds :class:`~coinpp_pipeline.latent_grid.GridConfig` fields, ``batch_size``
 and ``first_order`` do not apply, and the run does not checkpoint: a crashed run starts over).
+``kind="grid-chain"`` makes the benchmarks' latent-grid model: the whole chain of
+:func:`coinpp_pipeline.grid_chain.make_grid_chain` (training, basis, fine-tuning, coders with
+an ARM for chunks of ``chain["chunk_items"]`` fields, previous-field predictor, stored poles);
+``steps`` is the training and the fine-tuning length, ``chain`` the other
+:class:`~coinpp_pipeline.grid_chain.GridChainConfig` settings (its learning rates, not
+``outer_lr``). Give the training items in archive order.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # deployments r
 
 from coinpp_pipeline import ModelConfig, TrainConfig  # noqa: E402
 from coinpp_pipeline import meta_train as _meta_train  # noqa: E402
+from coinpp_pipeline.grid_chain import CHAIN_ENCODING, GridChainConfig, make_grid_chain  # noqa: E402
 from coinpp_pipeline.grid_model import GridTrainConfig, train_grid_model  # noqa: E402
 from coinpp_pipeline.latent_grid import GridConfig  # noqa: E402
 from coinpp_pipeline.sources import list_sources, open_source  # noqa: E402
@@ -66,7 +73,8 @@ def meta_train_flow(
     time_dim: str = "time",
     max_items: int | None = None,
     storage_options: dict[str, Any] | None = None,
-    kind: Literal["patch", "grid"] = "patch",
+    kind: Literal["patch", "grid", "grid-chain"] = "patch",
+    chain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Meta-train on ``variable`` of the archive at ``source``; write the model to ``output``.
 
@@ -79,7 +87,21 @@ def meta_train_flow(
     logger.info("training a %s model for %s on %d items of shape %s", kind, variable, data.shape[0], data.shape[1:])
     work = output.rstrip("/") + f"/{variable}" if output.endswith("/") else output
     model: Any
-    if kind == "grid":
+    if chain and kind != "grid-chain":
+        raise ValueError(f"chain settings apply to kind='grid-chain', not {kind!r}")
+    if kind == "grid-chain":
+        gcfg = GridConfig.from_dict(GridConfig(**CHAIN_ENCODING).to_dict() | (architecture or {}))
+        ccfg = GridChainConfig.from_dict({"seed": seed} | (chain or {}) | {"steps": steps})
+
+        def on_chain(r: dict[str, Any]) -> None:
+            if r.get("done"):
+                logger.info("chain: %s done", r["stage"])
+            elif "step" in r:
+                logger.info("chain %s: step %d/%d  mse %.5f  bits/value %.4f (normalised)", r["stage"], r["step"],
+                            steps, r["mse"], r["bpv"])
+
+        model = make_grid_chain(data, gcfg, ccfg, device=device, log=on_chain)
+    elif kind == "grid":
         gcfg = GridConfig.from_dict(GridConfig().to_dict() | (architecture or {}))
         gtc = GridTrainConfig(steps=steps, lr=outer_lr, seed=seed, device=device,
                               log_every=max(min(100, steps // 10), 1))

@@ -239,6 +239,38 @@ def test_model_hash_mismatch_on_append(model_url: str, codec_model, tmp_path: Pa
         assert _snapshot(store) == before
 
 
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_rerun_with_other_chunking_is_refused(model_url: str, codec_model, tmp_path: Path, zarr_format: int) -> None:
+    """A store keeps the chunking it was written with: a rerun or append asking for another
+    time chunk (its regions would straddle stored chunks) or other regions (the done flags
+    are per region) fails naming the store's values, and no chunk or flag changes. Without
+    ``time_chunk`` a run takes the store's."""
+    from coinpp_pipeline.archive import resolve_time_chunk
+    from flows.compress_archive import compress_archive
+
+    store = tmp_path / "a.zarr"
+    _compress(model_url, ERA5_FILES[:2], store, zarr_format=zarr_format)  # the patch model: 1 field per chunk
+    assert codec_model.chunk_items == 1
+    assert zarr.open_group(str(store), mode="r")["t2m"].chunks[0] == 1
+    before = _snapshot(store)
+    for kw, words in (({"time_chunk": 3, "region_chunks": 2}, ["chunks of 1 item", "time_chunk=3"]),
+                      ({"region_chunks": 3}, ["regions of 2 item", "region_chunks=2"])):
+        state = compress_archive(source=[str(f) for f in ERA5_FILES[:3]], target=str(store), variables=["t2m"],
+                                 model=model_url, max_abs_error=BOUND, zarr_format=zarr_format, return_state=True,
+                                 **kw)
+        msg = _failed(state)
+        assert all(w in msg for w in words), msg
+        assert _snapshot(store) == before
+    assert resolve_time_chunk(str(store), ["t2m"], None, {"t2m": 7}) == 1  # the store's, not the model's
+    assert resolve_time_chunk(str(tmp_path / "new.zarr"), ["t2m"], None, {"t2m": 7}) == 7
+    assert resolve_time_chunk(str(tmp_path / "new.zarr"), ["t2m"], 2, {"t2m": 7}) == 2
+    with pytest.raises(Exception, match="different chunk lengths"):
+        resolve_time_chunk(str(tmp_path / "new.zarr"), ["t2m", "msl"], None, {"t2m": 7, "msl": 1})
+    out = _compress(model_url, ERA5_FILES[:3], store, zarr_format=zarr_format)  # the store's settings: it goes on
+    assert out["items"] == 10 and out["regions_written"] == 2
+    _check_store(store, ERA5_FILES[:3], zarr_format, codec_model.sha256)
+
+
 def test_dask_runner_matches_threads(model_url: str, tmp_path: Path) -> None:
     pytest.importorskip("prefect_dask")
     files = ERA5_FILES[:2]
@@ -396,6 +428,39 @@ def test_grid_model_kind_through_both_flows(tmp_path: Path, monkeypatch: pytest.
     assert got.shape == want.shape and np.abs(got - want).max() <= BOUND
     assert max(batches) == 4 and sum(batches) == want.shape[0], batches  # one field per chunk
     assert zarr.config.get("codec_pipeline.batch_size") == batch_size  # zarr's setting restored
+
+
+def test_grid_chain_model_chunks_the_store_by_default(tmp_path: Path) -> None:
+    """compress-archive with model_kind="grid-chain": the meta-train subflow runs the whole
+    chain (library ``make_grid_chain``), the model is made for chunks of 3 fields, so the store
+    is chunked by 3 along time without being told; values come back within the bound, each
+    chunk carries the previous-field predictor (Q) and the poles (O)."""
+    from coinpp_pipeline import Model
+    from coinpp_pipeline.bitstream import unpack
+    from coinpp_pipeline.grid_model import GridModel
+    from flows.compress_archive import compress_archive
+    from flows.meta_train import meta_train_flow
+
+    files = [str(f) for f in ERA5_FILES[:2]]  # 7 items
+    target = tmp_path / "chain.zarr"
+    arch = {"factors": [2, 4, 8], "hidden": 8, "max_symbol": 8, "encode_steps": 10}
+    chain = {"basis": 2, "chunk_items": 3, "arm_steps": 10, "arm_hidden": 8, "train_rate_weights": [1.0],
+             "finetune_rate_weights": [1.0], "coder_rate_weights": [1.0], "finetune_gaps": [1], "coder_gaps": [1]}
+    out = compress_archive(source=files, target=str(target), variables=["t2m"], model_kind="grid-chain",
+                           architecture=arch, chain=chain, train_steps=10, rate_weight=1.0, max_abs_error=BOUND,
+                           region_chunks=1)
+    assert out["items"] == 7 and out["regions_written"] == 3
+    (model_file,) = (tmp_path / "chain.zarr.models").glob("*.coinpp")
+    model = Model.load(str(model_file))
+    assert isinstance(model, GridModel) and model.chunk_items == 3 and model.config.predict_previous
+    assert model.report["chain"]["steps"] == 10 and model.report["chain"]["basis"] == 2
+    assert zarr.open_group(str(target), mode="r")["t2m"].chunks == (3, 181, 360)
+    got, want = _open(target)["t2m"].values, _source(files)["t2m"].values
+    assert got.shape == want.shape and np.abs(got - want).max() <= BOUND
+    full = unpack((target / "t2m" / "c" / "0" / "0" / "0").read_bytes())
+    assert {"Q", "O"} <= set(full.sections)
+    with pytest.raises(ValueError, match="kind='grid-chain'"):
+        meta_train_flow(source=files, variable="t2m", output=f"{tmp_path}/m/", kind="grid", chain={"basis": 2})
 
 
 def test_overlapping_region_writes_restore_zarrs_batch_size() -> None:
