@@ -15,6 +15,11 @@
    previous one's decoded output, and rows constant in every training field (the poles)
    are stored rather than synthesised.
 
+With ``checkpoint`` (a URL prefix) each stage's model is written as it finishes
+(``<checkpoint>-<key>-<n>-<stage>.ckpt``, ``key`` from the training data and settings); a run
+that finds them starts after the last one. Stages are deterministic and their models
+round-trip exactly, so a resumed chain gives the same model as an uninterrupted one.
+
 The result is a model made for chunks of ``chunk_items`` consecutive fields
 (:attr:`~coinpp_pipeline.grid_model.GridModel.chunk_items`); ``compress-archive`` chunks
 with it by default. ``benchmarks/gpu_chain.sh`` runs the same steps as separate processes
@@ -23,12 +28,15 @@ and times each; with the same settings both give the same network, tables and AR
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import checkpoints
 from .grid_model import (
     GridModel,
     GridTrainConfig,
@@ -111,15 +119,22 @@ class GridChainConfig:
         return dataclasses.asdict(self)
 
 
+#: The chain's stages, in order; all but ``final`` are checkpointed.
+STAGES = ("train", "basis", "finetune", "coders", "final")
+
+
 def make_grid_chain(data: np.ndarray, config: GridConfig | None = None, chain: GridChainConfig | None = None, *,
-                    device: str | None = None, log: Callable[[dict[str, Any]], None] | None = None) -> GridModel:
+                    device: str | None = None, log: Callable[[dict[str, Any]], None] | None = None,
+                    checkpoint: str | None = None, storage_options: dict[str, Any] | None = None) -> GridModel:
     """The chain's model for training fields ``data (N, H, W)`` (archive order; NaN =
     missing). ``config``: the architecture (default ``GridConfig`` with
     :data:`CHAIN_ENCODING`; needs a climatology when ``chain.basis`` > 0); ``device``:
     where training and fitting run (cuda when present). ``log`` receives each stage's
     progress records with ``"stage"`` added (``train``, ``finetune``, ``coders``) and one
-    ``{"stage": name, "done": True}`` per finished stage. The model's report holds the
-    chain's settings (``report["chain"]``)."""
+    ``{"stage": name, "done": True}`` per finished stage (``"resumed": True`` for the stage a
+    checkpoint gave). ``checkpoint``: URL prefix of the stage checkpoints (module docstring;
+    ``storage_options`` for its filesystem). The model's report holds the chain's settings
+    (``report["chain"]``)."""
     chain = chain or GridChainConfig()
     config = config or GridConfig(**CHAIN_ENCODING)
     x = np.asarray(data)
@@ -142,28 +157,54 @@ def make_grid_chain(data: np.ndarray, config: GridConfig | None = None, chain: G
             return None
         return lambda r: log({"stage": name, **r})
 
-    def done(name: str) -> None:
+    so = storage_options or {}
+    key = hashlib.sha256(np.ascontiguousarray(x).tobytes() + f"{x.shape}{x.dtype}".encode() + json.dumps(
+        [config.to_dict(), chain.to_dict()], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def ckpt(name: str) -> str:
+        return f"{checkpoint}-{key}-{STAGES.index(name)}-{name}.ckpt"
+
+    def done(name: str, m: GridModel | None = None) -> None:
+        if checkpoint is not None and m is not None:
+            m.save(ckpt(name), **so)
         if log is not None:
             log({"stage": name, "done": True})
+
+    model: GridModel | None = None
+    start = 0
+    if checkpoint is not None:
+        for i in range(len(STAGES) - 2, -1, -1):
+            if checkpoints.exists(ckpt(STAGES[i]), **so):
+                loaded = GridModel.load(ckpt(STAGES[i]), **so)
+                if not isinstance(loaded, GridModel):
+                    raise ValueError(f"chain checkpoint {ckpt(STAGES[i])} is not a grid model")
+                model, start = loaded.to(device), i + 1
+                if log is not None:
+                    log({"stage": STAGES[i], "done": True, "resumed": True})
+                break
 
     common: dict[str, Any] = {"batch": chain.batch, "latent_lr": chain.latent_lr, "seed": chain.seed,
                               "device": device, "ste_fraction": chain.ste_fraction,
                               "sga_fraction": chain.sga_fraction, "log_every": max(chain.steps // 10, 1)}
-    train = GridTrainConfig(steps=chain.steps, rate_weights=tuple(chain.train_rate_weights), lr=chain.lr, **common)
-    model = train_grid_model(x, config, train, log=stage("train"))
-    done("train")
-    model = model.to(device)
-    if chain.basis:
+    if start <= 0:
+        train = GridTrainConfig(steps=chain.steps, rate_weights=tuple(chain.train_rate_weights), lr=chain.lr,
+                                **common)
+        model = train_grid_model(x, config, train, log=stage("train")).to(device)
+        done("train", model)
+    assert model is not None
+    if chain.basis and start <= 1:
         model = fit_basis(model, x, chain.basis)
-        done("basis")
+        done("basis", model)
+    if chain.basis and start <= 2:
         tune = GridTrainConfig(steps=chain.steps, rate_weights=tuple(chain.finetune_rate_weights),
                                lr=chain.finetune_lr, **common)
         model = finetune_for_basis(model, x, tune, gaps=chain.finetune_gaps, log=stage("finetune"))
-        done("finetune")
-    model = fit_coders(model, x, chain.coder_rate_weights, table_sets=True, arm=True, arm_hidden=chain.arm_hidden,
-                       arm_steps=chain.arm_steps, arm_chunk_items=chain.chunk_items,
-                       cross_fit_gaps=chain.coder_gaps if chain.basis else (0,), log=stage("coders"))
-    done("coders")
+        done("finetune", model)
+    if start <= 3:
+        model = fit_coders(model, x, chain.coder_rate_weights, table_sets=True, arm=True,
+                           arm_hidden=chain.arm_hidden, arm_steps=chain.arm_steps, arm_chunk_items=chain.chunk_items,
+                           cross_fit_gaps=chain.coder_gaps if chain.basis else (0,), log=stage("coders"))
+        done("coders", model)
     model = model.with_encoding(encode_rate="arm")
     if chain.predict_previous and chain.chunk_items > 1:
         model = model.with_previous_predictor()

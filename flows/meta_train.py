@@ -13,7 +13,8 @@ and ``first_order`` do not apply, and the run does not checkpoint: a crashed run
 an ARM for chunks of ``chain["chunk_items"]`` fields, previous-field predictor, stored poles);
 ``steps`` is the training and the fine-tuning length, ``chain`` the other
 :class:`~coinpp_pipeline.grid_chain.GridChainConfig` settings (its learning rates, not
-``outer_lr``). Give the training items in archive order.
+``outer_lr``). Give the training items in archive order. Each stage is checkpointed beside
+the output (``<variable>.chain-*.ckpt``): a crashed run resumes after the last finished stage.
 """
 
 from __future__ import annotations
@@ -91,16 +92,20 @@ def meta_train_flow(
         raise ValueError(f"chain settings apply to kind='grid-chain', not {kind!r}")
     if kind == "grid-chain":
         gcfg = GridConfig.from_dict(GridConfig(**CHAIN_ENCODING).to_dict() | (architecture or {}))
-        ccfg = GridChainConfig.from_dict({"seed": seed} | (chain or {}) | {"steps": steps})
+        clash = sorted({"steps", "seed"} & set(chain or {}))
+        if clash:
+            raise ValueError(f"give {clash} as the flow's own parameters, not in chain")
+        ccfg = GridChainConfig.from_dict((chain or {}) | {"steps": steps, "seed": seed})
 
         def on_chain(r: dict[str, Any]) -> None:
             if r.get("done"):
-                logger.info("chain: %s done", r["stage"])
+                logger.info("chain: %s %s", r["stage"], "from its checkpoint" if r.get("resumed") else "done")
             elif "step" in r:
                 logger.info("chain %s: step %d/%d  mse %.5f  bits/value %.4f (normalised)", r["stage"], r["step"],
                             steps, r["mse"], r["bpv"])
 
-        model = make_grid_chain(data, gcfg, ccfg, device=device, log=on_chain)
+        model = make_grid_chain(data, gcfg, ccfg, device=device, log=on_chain, checkpoint=work + ".chain",
+                                storage_options=storage_options or {})
     elif kind == "grid":
         gcfg = GridConfig.from_dict(GridConfig().to_dict() | (architecture or {}))
         gtc = GridTrainConfig(steps=steps, lr=outer_lr, seed=seed, device=device,

@@ -451,6 +451,8 @@ def test_grid_chain_model_chunks_the_store_by_default(tmp_path: Path) -> None:
                            region_chunks=1)
     assert out["items"] == 7 and out["regions_written"] == 3
     (model_file,) = (tmp_path / "chain.zarr.models").glob("*.coinpp")
+    stages = sorted(p.name.split("-", 2)[2] for p in (tmp_path / "chain.zarr.models").glob("t2m.chain-*.ckpt"))
+    assert stages == ["0-train.ckpt", "1-basis.ckpt", "2-finetune.ckpt", "3-coders.ckpt"]  # a rerun resumes
     model = Model.load(str(model_file))
     assert isinstance(model, GridModel) and model.chunk_items == 3 and model.config.predict_previous
     assert model.report["chain"]["steps"] == 10 and model.report["chain"]["basis"] == 2
@@ -461,6 +463,8 @@ def test_grid_chain_model_chunks_the_store_by_default(tmp_path: Path) -> None:
     assert {"Q", "O"} <= set(full.sections)
     with pytest.raises(ValueError, match="kind='grid-chain'"):
         meta_train_flow(source=files, variable="t2m", output=f"{tmp_path}/m/", kind="grid", chain={"basis": 2})
+    with pytest.raises(ValueError, match="flow's own parameters"):
+        meta_train_flow(source=files, variable="t2m", output=f"{tmp_path}/m/", kind="grid-chain", chain={"steps": 9})
 
 
 def test_overlapping_region_writes_restore_zarrs_batch_size() -> None:

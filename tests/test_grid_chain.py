@@ -5,13 +5,16 @@ settings both give the same network, tables and ARM (docs/benchmarks.md, session
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from helpers import era5
 
-from coinpp_pipeline import Model
+from coinpp_pipeline import Model, checkpoints
 from coinpp_pipeline.bitstream import unpack
 from coinpp_pipeline.grid_chain import GridChainConfig, make_grid_chain
 from coinpp_pipeline.grid_model import GridModel
@@ -79,3 +82,41 @@ def test_chain_refuses_settings_it_cannot_meet() -> None:
     with pytest.raises(ValueError, match="coder_rate_weights"):
         GridChainConfig(coder_rate_weights=())
     assert GridChainConfig.from_dict({"coder_rate_weights": [0.3, 1]}).coder_rate_weights == (0.3, 1)
+
+
+def test_interrupted_chain_resumes_from_its_last_stage(chain_run: tuple[GridModel, list[dict[str, Any]]],
+                                                       tmp_path: Path) -> None:
+    """An exception in the fine-tuning stage (from the log callback) leaves the train and basis
+    checkpoints; the rerun starts after them and ends with the uninterrupted run's model, bit
+    for bit. A run with other settings does not take them."""
+    ref, _ = chain_run
+    prefix = str(tmp_path / "t2m.chain")
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_finetune(r: dict[str, Any]) -> None:
+        if r["stage"] == "finetune":
+            raise Stop
+
+    with pytest.raises(Stop):
+        make_grid_chain(_fields(range(3)), TINY, CHAIN, log=stop_in_finetune, checkpoint=prefix)
+    assert sorted(p.name.split("-", 2)[2] for p in tmp_path.glob("*.ckpt")) == ["0-train.ckpt", "1-basis.ckpt"]
+    seen: list[dict[str, Any]] = []
+    resumed = make_grid_chain(_fields(range(3)), TINY, CHAIN, log=seen.append, checkpoint=prefix)
+    assert [(r["stage"], bool(r.get("resumed"))) for r in seen if r.get("done")] == [
+        ("basis", True), ("finetune", False), ("coders", False), ("final", False)]
+    assert not any(r["stage"] == "train" for r in seen)
+    _assert_same_model(resumed, ref)
+    other: list[dict[str, Any]] = []
+    make_grid_chain(_fields(range(3)), TINY, dataclasses.replace(CHAIN, arm_steps=11), log=other.append,
+                    checkpoint=prefix)
+    assert not any(r.get("resumed") for r in other)
+
+
+def _assert_same_model(a: GridModel, b: GridModel) -> None:
+    """Same configuration, network, tables, ARM and mean field (reports hold wall times)."""
+    (ta, da), (tb, db) = checkpoints.deserialize(a.to_bytes()), checkpoints.deserialize(b.to_bytes())
+    assert da["config"] == db["config"] and sorted(ta) == sorted(tb)
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
