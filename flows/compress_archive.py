@@ -173,6 +173,10 @@ def compress_archive(
         hashes[v], preferred[v] = m.sha256, m.chunk_items
     time_chunk = resolve_time_chunk(target, list(variables), time_chunk, preferred, storage_options)
     logger.info("%d item(s) per chunk along %s", time_chunk, time_dim)
+    for v, n in preferred.items():
+        if n != time_chunk:
+            logger.warning("the model for %s was made for chunks of %d item(s), the store's hold %d: it codes "
+                           "them less well", v, n, time_chunk)
     job = ArchiveJob(
         sources=sources, target=target, variables=list(variables), models=models,
         model_hashes=hashes, time_dim=time_dim, time_chunk=time_chunk, region_chunks=region_chunks,
