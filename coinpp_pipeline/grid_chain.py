@@ -171,7 +171,10 @@ def make_grid_chain(data: np.ndarray, config: GridConfig | None = None, chain: G
             log({"stage": name, "done": True})
 
     model: GridModel | None = None
-    start = 0
+    start = 0  # index in STAGES of the first stage to run
+
+    def todo(name: str) -> bool:
+        return start <= STAGES.index(name)
     if checkpoint is not None:
         for i in range(len(STAGES) - 2, -1, -1):
             if checkpoints.exists(ckpt(STAGES[i]), **so):
@@ -186,21 +189,21 @@ def make_grid_chain(data: np.ndarray, config: GridConfig | None = None, chain: G
     common: dict[str, Any] = {"batch": chain.batch, "latent_lr": chain.latent_lr, "seed": chain.seed,
                               "device": device, "ste_fraction": chain.ste_fraction,
                               "sga_fraction": chain.sga_fraction, "log_every": max(chain.steps // 10, 1)}
-    if start <= 0:
+    if todo("train"):
         train = GridTrainConfig(steps=chain.steps, rate_weights=tuple(chain.train_rate_weights), lr=chain.lr,
                                 **common)
         model = train_grid_model(x, config, train, log=stage("train")).to(device)
         done("train", model)
     assert model is not None
-    if chain.basis and start <= 1:
+    if chain.basis and todo("basis"):
         model = fit_basis(model, x, chain.basis)
         done("basis", model)
-    if chain.basis and start <= 2:
+    if chain.basis and todo("finetune"):
         tune = GridTrainConfig(steps=chain.steps, rate_weights=tuple(chain.finetune_rate_weights),
                                lr=chain.finetune_lr, **common)
         model = finetune_for_basis(model, x, tune, gaps=chain.finetune_gaps, log=stage("finetune"))
         done("finetune", model)
-    if start <= 3:
+    if todo("coders"):
         model = fit_coders(model, x, chain.coder_rate_weights, table_sets=True, arm=True,
                            arm_hidden=chain.arm_hidden, arm_steps=chain.arm_steps, arm_chunk_items=chain.chunk_items,
                            cross_fit_gaps=chain.coder_gaps if chain.basis else (0,), log=stage("coders"))
