@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -31,31 +29,25 @@ DATA = ROOT / "data" / "era5-1deg"
 TRAIN_ITEMS = 17  # the first 5 files; benchmarks/datasets.py's training split
 
 
-def same_model(a: str, b: str) -> list[str]:
-    """What differs between two model files, reports aside (they hold wall times)."""
-    (ta, da), (tb, db) = (checkpoints.deserialize(checkpoints.read_bytes(u)) for u in (a, b))
-    diff = [] if da["config"] == db["config"] else ["config"]
-    diff += sorted(set(ta) ^ set(tb))
-    diff += [k for k in ta if k in tb and not torch.equal(ta[k], tb[k])]
-    return diff
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variable", help="t2m | msl | u10 | v10")
     ap.add_argument("--steps", type=int, default=3000, help="training and fine-tuning steps")
     ap.add_argument("--chain", default="{}", help="other GridChainConfig settings, as JSON")
-    ap.add_argument("--rate-weights", type=float, nargs="+", default=[0.3, 1.0])
+    ap.add_argument("--architecture", default="{}", help="GridConfig fields, as JSON (e.g. encode_steps)")
+    ap.add_argument("--rate-weights", type=float, nargs="*", default=[0.3, 1.0],
+                    help="one held-out store per rate weight (none: the model only)")
     ap.add_argument("--compare", default=None, metavar="MODEL", help="check the model against this model file")
     ap.add_argument("--out", default="benchmarks/results/flow_chain")
     args = ap.parse_args(argv)
     out = Path(args.out)
     t = time.perf_counter()
     m = meta_train_flow(source=str(DATA), variable=args.variable, output=f"{out}/models/", kind="grid-chain",
-                        steps=args.steps, max_items=TRAIN_ITEMS, chain=json.loads(args.chain))
+                        steps=args.steps, max_items=TRAIN_ITEMS, chain=json.loads(args.chain),
+                        architecture=json.loads(args.architecture))
     print(f"meta-train: {time.perf_counter() - t:.1f} s, model {m['url']}", flush=True)
     if args.compare:
-        diff = same_model(m["url"], args.compare)
+        diff = checkpoints.differences(checkpoints.read_bytes(m["url"]), checkpoints.read_bytes(args.compare))
         print(f"against {args.compare}: " + (f"differs in {diff}" if diff else "same configuration and tensors"))
     held_out = [str(p) for p in sorted(DATA.glob("*.nc"))[5:]]
     for lam in args.rate_weights:

@@ -162,8 +162,10 @@ def store_time_chunks(target: str, variables: list[str], storage_options: dict[s
     """Items per chunk along time of each of ``variables`` the store at ``target`` holds
     (empty: no store)."""
     root = _open_store(target, storage_options or {})
-    if root is None:
-        return {}
+    return _time_chunks(root, variables) if root is not None else {}
+
+
+def _time_chunks(root: zarr.Group, variables: list[str]) -> dict[str, int]:
     out = {}
     for v in variables:
         node = root.get(v)
@@ -247,12 +249,14 @@ def prepare_store(job: ArchiveJob) -> list[Region]:
 def _check_same_layout(job: ArchiveJob) -> None:
     """Before an existing store is touched: the job's chunks along time must be the store's
     (regions would straddle stored chunks) and its regions the ones the done flags count."""
-    stored = store_time_chunks(job.target, job.variables, job.storage_options)
+    root = _open_store(job.target, job.storage_options)
+    if root is None:
+        return
+    stored = _time_chunks(root, job.variables)
     if any(n != job.time_chunk for n in stored.values()):
         raise SourceError(f"store {job.target} holds chunks of {stored} item(s) along time, this job "
                           f"writes chunks of {job.time_chunk}: use the store's time_chunk or write a new store")
-    root = _open_store(job.target, job.storage_options)
-    progress = root.get(PROGRESS_GROUP) if root is not None else None
+    progress = root.get(PROGRESS_GROUP)
     recorded = progress.attrs.get("region_items") if isinstance(progress, zarr.Group) else None
     if recorded is None:  # written before the layout was recorded: the flags are trusted as they are
         return

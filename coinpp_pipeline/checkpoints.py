@@ -98,6 +98,15 @@ def deserialize(
     return tensors, description
 
 
+def differences(a: bytes, b: bytes) -> list[str]:
+    """What differs between two model files apart from their reports (which hold wall times):
+    ``"config"`` and the names of tensors missing from one or unequal; empty: the same model."""
+    (ta, da), (tb, db) = deserialize(a), deserialize(b)
+    diff = [] if da.get("config") == db.get("config") else ["config"]
+    diff += sorted(set(ta) ^ set(tb))
+    return diff + [k for k in ta if k in tb and not torch.equal(ta[k], tb[k])]
+
+
 def read_bytes(url: str, **storage_options: Any) -> bytes:
     with fsspec.open(url, "rb", **storage_options) as f:
         return f.read()
